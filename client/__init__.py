@@ -1,0 +1,1 @@
+"""Flower ClientApp: thin wiring over `common`."""

@@ -1,0 +1,1 @@
+"""Shared core: config, data, model, training, privacy accounting and metrics."""

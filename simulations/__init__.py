@@ -1,0 +1,1 @@
+"""Simulation, sweep, benchmark and report scripts that drive the same apps."""
