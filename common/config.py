@@ -1,0 +1,309 @@
+"""Run configuration: typed dataclasses parsed once from Flower's flat run-config."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+ConfigValue = bool | int | float | str
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown, missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set, where it lives, and how users are split into clients."""
+
+    dataset: str
+    dir: str
+    min_interactions: int
+    cold_start_share: float
+    history_len: int
+    partitioning: str
+    num_sites: int
+    dirichlet_alpha: float
+    synthetic_users: int
+    synthetic_items: int
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.cold_start_share < 1.0, "data.cold-start-share", self.cold_start_share,
+               "must be in [0, 1)")
+        _check(self.history_len >= 1, "data.history-len", self.history_len, "must be >= 1")
+        _check(self.partitioning in ("iid", "dirichlet", "user"), "data.partitioning",
+               self.partitioning, "must be one of 'iid', 'dirichlet', 'user'")
+        _check(self.num_sites >= 1, "data.num-sites", self.num_sites, "must be >= 1")
+        _check(self.dirichlet_alpha > 0, "data.dirichlet-alpha", self.dirichlet_alpha, "must be > 0")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapter shape on the top layers of the backbone."""
+
+    rank: int
+    alpha: float
+    targets: str
+    layers: int
+    ffa: bool
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "model.lora.rank", self.rank, "must be >= 1")
+        _check(self.alpha > 0, "model.lora.alpha", self.alpha, "must be > 0")
+        _check(self.layers >= 1, "model.lora.layers", self.layers, "must be >= 1")
+        _check(bool(self.target_modules), "model.lora.targets", self.targets,
+               "must name at least one module, e.g. 'query,value'")
+
+    @property
+    def target_modules(self) -> list[str]:
+        """Module names as a list."""
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone, adapter and head."""
+
+    backbone: str
+    max_tokens: int
+    lora: LoraConfig
+    proj_dim: int
+    temperature: float
+    prior: bool
+    cache_lower_layers: bool
+    cache_dir: str
+
+    def __post_init__(self) -> None:
+        _check(4 <= self.max_tokens <= 512, "model.max-tokens", self.max_tokens,
+               "must be in [4, 512]")
+        _check(self.proj_dim >= 0, "model.proj-dim", self.proj_dim, "must be >= 0 (0 = none)")
+        _check(self.temperature > 0, "model.temperature", self.temperature, "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local (client or central) optimisation."""
+
+    lr: float
+    epochs: float
+    batch_users: int
+    targets_per_user: int
+    negatives: int
+    seed: int
+    eval_users: int
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        _check(self.epochs > 0, "train.epochs", self.epochs, "must be > 0")
+        _check(self.batch_users >= 1, "train.batch-users", self.batch_users, "must be >= 1")
+        _check(self.targets_per_user >= 1, "train.targets-per-user", self.targets_per_user,
+               "must be >= 1")
+        _check(self.negatives >= 1, "train.negatives", self.negatives, "must be >= 1")
+        _check(self.eval_users >= 0, "train.eval-users", self.eval_users, "must be >= 0 (0 = all)")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Differential privacy: mode, budget and mechanism."""
+
+    mode: str
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    clip: float
+    accountant: str
+    prior_share: float
+    ledger_dir: str
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("none", "local", "central"), "dp.mode", self.mode,
+               "must be one of 'none', 'local', 'central'")
+        _check(self.epsilon > 0, "dp.epsilon", self.epsilon, "must be > 0 ('inf' = no budget)")
+        _check(0.0 <= self.delta < 1.0, "dp.delta", self.delta, "must be in [0, 1) (0 = 1/users)")
+        _check(self.noise_multiplier >= 0, "dp.noise-multiplier", self.noise_multiplier,
+               "must be >= 0 (0 = derive from dp.epsilon)")
+        _check(self.clip > 0, "dp.clip", self.clip, "must be > 0")
+        _check(self.accountant in ("prv", "rdp"), "dp.accountant", self.accountant,
+               "must be 'prv' or 'rdp'")
+        _check(0.0 <= self.prior_share < 1.0, "dp.prior-share", self.prior_share,
+               "must be in [0, 1)")
+        if self.mode == "local" and math.isinf(self.epsilon) and self.noise_multiplier == 0:
+            raise ConfigError("dp.mode = 'local' needs a finite dp.epsilon or a dp.noise-multiplier "
+                              "(use dp.mode = 'none' for no DP)")
+
+    @property
+    def local(self) -> bool:
+        """Whether clients run DP-SGD."""
+        return self.mode == "local"
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    """Federation: rounds, sampling, strategy, central DP, output."""
+
+    rounds: int
+    fraction_train: float
+    fraction_evaluate: float
+    min_clients: int
+    strategy: str
+    proximal_mu: float
+    qffl_q: float
+    qffl_lr: float
+    trim_beta: float
+    server_lr: float
+    central_clip: float
+    central_noise: float
+    update_norm_bound: float
+    round_timeout: float
+    per_user_metrics: bool
+    out_dir: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "fed.rounds", self.rounds, "must be >= 1")
+        _check(0 < self.fraction_train <= 1, "fed.fraction-train", self.fraction_train,
+               "must be in (0, 1]")
+        _check(0 <= self.fraction_evaluate <= 1, "fed.fraction-evaluate", self.fraction_evaluate,
+               "must be in [0, 1]")
+        _check(self.min_clients >= 1, "fed.min-clients", self.min_clients, "must be >= 1")
+        _check(self.central_clip > 0, "fed.central-clip", self.central_clip, "must be > 0")
+        _check(self.central_noise >= 0, "fed.central-noise", self.central_noise, "must be >= 0")
+        _check(self.update_norm_bound > 0, "fed.update-norm-bound", self.update_norm_bound,
+               "must be > 0")
+        _check(0 <= self.trim_beta < 0.5, "fed.trim-beta", self.trim_beta, "must be in [0, 0.5)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole run configuration."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    dp: DPConfig
+    fed: FedConfig
+
+    def flat(self) -> dict[str, ConfigValue]:
+        """Return the flat, kebab-case mapping this config was parsed from."""
+        out: dict[str, ConfigValue] = {}
+        for key, (section, attr) in _KEYS.items():
+            obj: Any = getattr(self, section)
+            for part in attr:
+                obj = getattr(obj, part)
+            out[key] = obj
+        return out
+
+
+def _check(ok: bool, key: str, value: object, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"`{key}` {why}, got {value!r}.")
+
+
+def _section_keys() -> dict[str, tuple[str, tuple[str, ...]]]:
+    keys: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for section in fields(RunConfig):
+        cls = section.type if isinstance(section.type, type) else globals()[str(section.type)]
+        for f in fields(cls):
+            sub = f.type if isinstance(f.type, type) else globals().get(str(f.type))
+            if dataclasses.is_dataclass(sub):
+                for g in fields(sub):
+                    key = f"{section.name}.{f.name}.{g.name}".replace("_", "-")
+                    keys[key] = (section.name, (f.name, g.name))
+            else:
+                keys[f"{section.name}.{f.name}".replace("_", "-")] = (section.name, (f.name,))
+    return keys
+
+
+_KEYS = _section_keys()
+
+
+def load_defaults(pyproject: Path = PYPROJECT) -> dict[str, ConfigValue]:
+    """Read `[tool.flwr.app.config]` from pyproject.toml: the single source of defaults."""
+    with open(pyproject, "rb") as fh:
+        return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+
+
+def parse_value(key: str, text: str) -> ConfigValue:
+    """Parse a command-line override value (TOML syntax; bare words are strings)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]  # type: ignore[no-any-return]
+    except tomllib.TOMLDecodeError:
+        if text.lower() in ("inf", "+inf"):
+            return math.inf
+        return text
+
+
+def parse_overrides(pairs: str | list[str]) -> dict[str, ConfigValue]:
+    """Parse ``"a.b=1 c=x"`` or ``["a.b=1", "c=x"]`` into a mapping."""
+    items = pairs.split() if isinstance(pairs, str) else pairs
+    out: dict[str, ConfigValue] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        out[key.strip()] = parse_value(key, text.strip())
+    return out
+
+
+def parse_config(
+    run_config: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None
+) -> RunConfig:
+    """Validate a flat run-config (merged over the pyproject defaults) into a `RunConfig`.
+
+    Unknown keys, missing keys and wrong types raise `ConfigError` naming the key.
+    """
+    base = dict(load_defaults() if defaults is None else defaults)
+    unknown = sorted(set(run_config) - set(_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(_KEYS)}")
+    merged = {**base, **run_config}
+    missing = sorted(set(_KEYS) - set(merged))
+    if missing:
+        raise ConfigError(f"missing config key(s) {missing}")
+    values: dict[str, dict[str, Any]] = {}
+    for key, (section, attr) in _KEYS.items():
+        proto = base.get(key, merged[key])
+        value = _coerce(key, merged[key], proto)
+        node = values.setdefault(section, {})
+        for part in attr[:-1]:
+            node = node.setdefault(part, {})
+        node[attr[-1]] = value
+    return RunConfig(
+        data=DataConfig(**values["data"]),
+        model=ModelConfig(**{**values["model"], "lora": LoraConfig(**values["model"]["lora"])}),
+        train=TrainConfig(**values["train"]),
+        dp=DPConfig(**values["dp"]),
+        fed=FedConfig(**values["fed"]),
+    )
+
+
+def _coerce(key: str, value: Any, proto: Any) -> ConfigValue:
+    """Coerce `value` to the type of the default `proto`, or raise naming the key."""
+    if isinstance(proto, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif isinstance(proto, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif isinstance(proto, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and value.lower() in ("inf", "+inf"):
+            return math.inf
+    elif isinstance(proto, str):
+        if isinstance(value, str):
+            return value
+    raise ConfigError(
+        f"`{key}` must be of type {type(proto).__name__}, got {value!r} ({type(value).__name__})."
+    )

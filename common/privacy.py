@@ -1,0 +1,213 @@
+"""Privacy accounting: noise calibration, a persistent per-client ledger, the DP popularity prior."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+from opacus.accountants import create_accountant
+
+# One accountant event: (noise multiplier, sample rate, number of steps), as in Opacus' history.
+Event = tuple[float, float, int]
+
+ACCOUNTANTS = ("prv", "rdp")
+
+
+class PrivacyError(RuntimeError):
+    """Privacy accounting cannot proceed safely (budget exceeded, corrupt ledger, ...)."""
+
+
+def epsilon_of(events: Sequence[Event], *, delta: float, accountant: str = "prv") -> float:
+    """Epsilon after composing `events` with Opacus' accountant `accountant` at `delta`.
+
+    Events with noise multiplier 0 (no DP) give ``inf``; no events give 0.
+    """
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"`accountant` must be one of {ACCOUNTANTS}, got {accountant!r}.")
+    if not 0 < delta < 1:
+        raise ValueError(f"`delta` must be in (0, 1), got {delta}.")
+    events = [e for e in events if e[2] > 0 and e[1] > 0]
+    if not events:
+        return 0.0
+    if any(sigma <= 0 for sigma, _, _ in events):
+        return math.inf
+    acc = create_accountant(accountant)
+    acc.history = [(float(s), float(q), int(n)) for s, q, n in events]
+    with warnings.catch_warnings():
+        # PRV evaluates log(1 - q) at q = 1 (full-batch release); the result is still exact.
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="opacus.*")
+        return float(acc.get_epsilon(delta=delta))
+
+
+def calibrate_noise(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    prior_events: Sequence[Event] = (),
+    accountant: str = "prv",
+    tolerance: float = 0.01,
+) -> float:
+    """Smallest noise multiplier whose `steps` at `sample_rate`, after `prior_events`, stay <= target.
+
+    Binary search over sigma with Opacus' accountant (the same one the ledger uses), so the
+    planned run ends at most `tolerance` below `target_epsilon` and never above it.
+    """
+    if not math.isfinite(target_epsilon) or target_epsilon <= 0:
+        raise ValueError(f"`target_epsilon` must be finite and > 0, got {target_epsilon}.")
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"`sample_rate` must be in (0, 1], got {sample_rate}.")
+    if steps < 1:
+        raise ValueError(f"`steps` must be >= 1, got {steps}.")
+
+    def eps(sigma: float) -> float:
+        return epsilon_of([*prior_events, (sigma, sample_rate, steps)], delta=delta,
+                          accountant=accountant)
+
+    if epsilon_of(prior_events, delta=delta, accountant=accountant) >= target_epsilon:
+        raise PrivacyError(
+            f"the prior events alone spend epsilon >= {target_epsilon}; nothing left for training"
+        )
+    lo, hi = 0.0, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, 2 * hi
+        if hi > 1e4:
+            raise PrivacyError(f"no noise multiplier reaches epsilon {target_epsilon}")
+    while hi - lo > 1e-3 and (eps(hi) < target_epsilon - tolerance or hi - lo > 0.05):
+        mid = (lo + hi) / 2
+        if eps(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def gaussian_sigma_for(epsilon: float, *, delta: float, accountant: str = "prv") -> float:
+    """Noise multiplier of a single full-participation Gaussian release with the given budget."""
+    return calibrate_noise(target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=1,
+                           accountant=accountant)
+
+
+@dataclass
+class Ledger:
+    """A client's privacy ledger: every DP event it ran, and the budget it must not exceed.
+
+    Written atomically (temp file + rename, under a file lock) after every change, so that it
+    survives restarts and concurrent writers; a corrupt file stops the client instead of
+    silently resetting its budget.
+    """
+
+    budget_epsilon: float
+    delta: float
+    accountant: str = "prv"
+    rounds: list[dict[str, float | int | str]] = field(default_factory=list)
+    path: Path | None = None
+
+    @property
+    def events(self) -> list[Event]:
+        """All accountant events so far."""
+        return [(float(r["sigma"]), float(r["q"]), int(r["steps"])) for r in self.rounds]
+
+    def epsilon(self, extra: Sequence[Event] = (), *, accountant: str | None = None) -> float:
+        """Cumulative epsilon, optionally including `extra` planned events."""
+        return epsilon_of([*self.events, *extra], delta=self.delta,
+                          accountant=accountant or self.accountant)
+
+    def would_exceed(self, extra: Sequence[Event]) -> bool:
+        """Whether running `extra` would take epsilon above the budget."""
+        return self.epsilon(extra) > self.budget_epsilon * (1 + 1e-6)
+
+    def record(self, server_round: int, kind: str, events: Sequence[Event]) -> float:
+        """Append the events of one round, persist, and return the new cumulative epsilon."""
+        if any(r["round"] == server_round and r["kind"] == kind for r in self.rounds):
+            raise PrivacyError(f"round {server_round} ({kind}) is already in the ledger {self.path}")
+        for sigma, q, steps in events:
+            self.rounds.append({"round": server_round, "kind": kind, "sigma": sigma, "q": q,
+                                "steps": steps})
+        eps = self.epsilon()
+        if self.rounds:
+            self.rounds[-1]["epsilon"] = eps
+        self.save()
+        return eps
+
+    def has_round(self, server_round: int, kind: str) -> bool:
+        """Whether `server_round` was already spent (a retried message must not spend twice)."""
+        return any(r["round"] == server_round and r["kind"] == kind for r in self.rounds)
+
+    def to_json(self) -> dict[str, object]:
+        """Serialisable form."""
+        return {"budget_epsilon": self.budget_epsilon, "delta": self.delta,
+                "accountant": self.accountant, "rounds": self.rounds,
+                "unit": "user", "epsilon": self.epsilon()}
+
+    def save(self) -> None:
+        """Write atomically (no-op for an in-memory ledger)."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock"):
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self.to_json(), fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+
+    @classmethod
+    def open(cls, path: Path | None, *, budget_epsilon: float, delta: float,
+             accountant: str = "prv") -> Ledger:
+        """Load the ledger at `path` (or start one); refuse a corrupt or mismatching file."""
+        if path is None or not path.exists():
+            return cls(budget_epsilon, delta, accountant, [], path)
+        try:
+            with FileLock(str(path) + ".lock"), open(path) as fh:
+                raw = json.load(fh)
+            rounds = list(raw["rounds"])
+            stored = (float(raw["budget_epsilon"]), float(raw["delta"]))
+            for r in rounds:
+                float(r["sigma"]), float(r["q"]), int(r["steps"]), int(r["round"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PrivacyError(
+                f"privacy ledger {path} is unreadable or corrupt ({exc}); refusing to train "
+                "rather than reset the budget. Restore it from a backup or delete it knowingly."
+            ) from exc
+        if not math.isclose(stored[1], delta) or (
+            math.isfinite(stored[0]) and budget_epsilon > stored[0] * (1 + 1e-9)
+        ):
+            raise PrivacyError(
+                f"privacy ledger {path} was written for epsilon {stored[0]}, delta {stored[1]}; "
+                f"this run asks for epsilon {budget_epsilon}, delta {delta}"
+            )
+        return cls(budget_epsilon, delta, accountant, rounds, path)
+
+
+def user_histogram(histories: Sequence[np.ndarray], n_items: int, *, recent: int) -> np.ndarray:
+    """Sum over users of each user's unit-L2-norm indicator of their `recent` last items.
+
+    Each user contributes ``1/sqrt(m)`` to each of its m distinct recent items, so one user
+    changes the sum by at most 1 in L2 norm (the Gaussian mechanism's sensitivity).
+    """
+    hist = np.zeros(n_items, dtype=np.float64)
+    for items in histories:
+        uniq = np.unique(np.asarray(items)[-recent:])
+        if uniq.size:
+            hist[uniq] += 1.0 / math.sqrt(uniq.size)
+    return hist
+
+
+def prior_scores(hist: np.ndarray) -> np.ndarray:
+    """Standardised log-popularity from a (possibly noisy) histogram; shift/scale invariant."""
+    h = np.asarray(hist, dtype=np.float64)
+    floor = max(float(h.max()) * 1e-3, 1e-12)
+    log_pop = np.log(np.maximum(h, floor))
+    std = float(log_pop.std())
+    return ((log_pop - log_pop.mean()) / (std if std > 0 else 1.0)).astype(np.float32)

@@ -1,0 +1,112 @@
+"""Set-up shared by the central run and the Flower apps: data, split, catalogue, model, prior."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from common.catalogue import Catalogue, build_catalogue
+from common.config import DataConfig, ModelConfig, RunConfig
+from common.data import Interactions, load_dataset
+from common.model import RecModel
+from common.privacy import prior_scores, user_histogram
+from common.split import Split, dominant_genre, leave_one_out, partition_users
+from common.train import LocalData
+
+
+def device() -> str:
+    """CUDA when present, else CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A loaded data set and its leave-one-out split."""
+
+    data: Interactions
+    split: Split
+
+    def local(self, users: np.ndarray) -> LocalData:
+        """The `LocalData` of the given global user indices."""
+        users = np.asarray(users, dtype=np.int64)
+        return LocalData(users, [self.split.train[u] for u in users], self.split.valid[users],
+                         self.split.test[users])
+
+    def everyone(self) -> LocalData:
+        """All users (the central setting)."""
+        return self.local(np.arange(self.data.n_users))
+
+
+@functools.lru_cache(maxsize=4)
+def load_corpus(cfg: DataConfig) -> Corpus:
+    """Load and split the configured data set (cached per process)."""
+    kwargs: dict[str, object] = {}
+    if cfg.dataset == "synthetic":
+        kwargs = {"n_users": cfg.synthetic_users, "n_items": cfg.synthetic_items}
+    data = load_dataset(cfg.dataset, cfg.dir or None, min_interactions=cfg.min_interactions,
+                        **kwargs)
+    return Corpus(data, leave_one_out(data, cold_start_share=cfg.cold_start_share))
+
+
+def client_users(cfg: DataConfig, corpus: Corpus, partition_id: int, num_partitions: int,
+                 seed: int) -> np.ndarray:
+    """Global user indices of simulated client `partition_id` under `data.partitioning`."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} out of range [0, {num_partitions})")
+    labels = None
+    if cfg.partitioning == "dirichlet":
+        labels = dominant_genre(corpus.data, corpus.split)
+    parts = _partition(corpus.data.n_users, num_partitions, cfg.partitioning, seed,
+                       cfg.dirichlet_alpha, None if labels is None else tuple(labels.tolist()))
+    return parts[partition_id]
+
+
+@functools.lru_cache(maxsize=8)
+def _partition(n_users: int, n_clients: int, mode: str, seed: int, alpha: float,
+               labels: tuple[int, ...] | None) -> list[np.ndarray]:
+    lab = None if labels is None else np.asarray(labels)
+    return partition_users(n_users, n_clients, mode=mode, seed=seed, alpha=alpha, labels=lab)
+
+
+@functools.lru_cache(maxsize=2)
+def load_catalogue(cfg: ModelConfig, texts: tuple[str, ...], n_layers: int) -> Catalogue:
+    """Tokenised catalogue and frozen-backbone caches (disk cache shared across processes)."""
+    return build_catalogue(list(texts), backbone=cfg.backbone, max_tokens=cfg.max_tokens,
+                           n_lower=n_layers - cfg.lora.layers,
+                           cache_lower=cfg.cache_lower_layers, cache_dir=cfg.cache_dir or None,
+                           device=device())
+
+
+def setup(cfg: RunConfig) -> tuple[Corpus, Catalogue, RecModel]:
+    """Corpus, catalogue and a fresh model for `cfg`."""
+    corpus = load_corpus(cfg.data)
+    model = RecModel(cfg.model, n_items=corpus.data.n_items, history_len=cfg.data.history_len,
+                     device=device())
+    n_layers = model.n_lower + cfg.model.lora.layers
+    cat = load_catalogue(cfg.model, corpus.data.item_texts, n_layers)
+    return corpus, cat, model
+
+
+def local_histogram(local: LocalData, n_items: int, *, recent: int, sigma: float,
+                    seed: int) -> np.ndarray:
+    """This party's popularity histogram, with Gaussian noise ``sigma`` (sensitivity 1) if > 0.
+
+    Each user's recent items form a unit-norm vector (`user_histogram`), so adding
+    ``N(0, sigma^2)`` per item is the Gaussian mechanism at user level.
+    """
+    hist = user_histogram(local.train, n_items, recent=recent)
+    if sigma > 0:
+        hist = hist + np.random.default_rng(seed).normal(0.0, sigma, size=n_items)
+    elif sigma < 0 or math.isnan(sigma):
+        raise ValueError(f"histogram noise must be >= 0, got {sigma}")
+    return hist
+
+
+def set_prior(model: RecModel, hist: np.ndarray) -> None:
+    """Install the (aggregated) histogram as the model's popularity prior."""
+    with torch.no_grad():
+        model.prior.copy_(torch.from_numpy(prior_scores(hist)).to(model.device))

@@ -1,0 +1,221 @@
+"""One training function for the central and the federated paths: user-level DP-SGD or plain."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+from common.catalogue import Catalogue
+from common.config import DPConfig, TrainConfig
+from common.model import RecModel
+from common.privacy import Event, calibrate_noise, gaussian_sigma_for
+
+
+@dataclass
+class LocalData:
+    """The users one party trains on: chronological train items and held-out items."""
+
+    users: np.ndarray  # global user indices
+    train: list[np.ndarray]  # per user, chronological train items
+    valid: np.ndarray  # per user validation item
+    test: np.ndarray  # per user test item
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def trainable(self) -> np.ndarray:
+        """Local positions of users with >= 2 train items (a history and a target)."""
+        return np.array([i for i, t in enumerate(self.train) if len(t) >= 2], dtype=np.int64)
+
+
+@dataclass
+class Batch:
+    """A batch of B users, each with its history and K = T targets + N negatives."""
+
+    hist: torch.Tensor  # [B, H] item indices (left-padded with 0)
+    hist_mask: torch.Tensor  # [B, H]
+    cands: torch.Tensor  # [B, T+N]: T targets then N negatives
+    target_mask: torch.Tensor  # [B, T]: 1 where the target slot is real
+
+
+def make_batch(data: LocalData, rows: np.ndarray, *, history_len: int, targets: int,
+               negatives: int, n_items: int, rng: np.random.Generator) -> Batch:
+    """One example per user: a random cut, the items before it (history), the next T (targets).
+
+    Negatives are drawn uniformly from the public catalogue for each user alone (never other
+    users' items), resampling any that hit one of that user's targets.
+    """
+    b = len(rows)
+    hist = np.zeros((b, history_len), dtype=np.int64)
+    hmask = np.zeros((b, history_len), dtype=np.float32)
+    cands = np.zeros((b, targets + negatives), dtype=np.int64)
+    tmask = np.zeros((b, targets), dtype=np.float32)
+    for j, row in enumerate(rows):
+        seq = data.train[row]
+        cut = int(rng.integers(1, len(seq)))
+        h = seq[max(0, cut - history_len):cut]
+        hist[j, history_len - len(h):] = h
+        hmask[j, history_len - len(h):] = 1
+        t = seq[cut:cut + targets]
+        cands[j, :len(t)] = t
+        tmask[j, :len(t)] = 1
+        neg = rng.integers(0, n_items, negatives)
+        clash = np.isin(neg, t)
+        while clash.any():
+            neg[clash] = rng.integers(0, n_items, int(clash.sum()))
+            clash = np.isin(neg, t)
+        cands[j, targets:] = neg
+    return Batch(torch.from_numpy(hist), torch.from_numpy(hmask), torch.from_numpy(cands),
+                 torch.from_numpy(tmask))
+
+
+def per_user_loss(scores: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Sampled softmax per user: mean over its targets of -log softmax(target vs negatives)."""
+    t = target_mask.shape[1]
+    pos, neg = scores[:, :t], scores[:, t:]
+    neg_lse = torch.logsumexp(neg, dim=1, keepdim=True)
+    nll = torch.logaddexp(pos, neg_lse) - pos  # [B, T]
+    return (nll * target_mask).sum(1) / target_mask.sum(1).clamp_min(1.0)
+
+
+def regroup_grad_samples(model: RecModel, n_users: int) -> None:
+    """Fold the item tower's per-row grad samples ``[B*K, ...]`` into per-user ``[B, ...]``.
+
+    The item tower runs on B*K candidate texts; Opacus' hooks give one gradient per text.
+    Summing each user's K rows makes one Opacus sample = one user, so clipping bounds a
+    user's whole contribution (without this a user would get K times the clipping bound).
+    """
+    for p in model.item_tower_params():
+        gs = getattr(p, "grad_sample", None)
+        if gs is None:
+            continue
+        if gs.shape[0] % max(n_users, 1) != 0:
+            raise RuntimeError(f"grad_sample rows {gs.shape[0]} not a multiple of {n_users}")
+        p.grad_sample = gs.view(n_users, -1, *gs.shape[1:]).sum(1)
+
+
+@dataclass
+class DPPlan:
+    """Noise and sampling for one client's DP-SGD over the whole run."""
+
+    sigma: float
+    sample_rate: float
+    steps_per_round: int
+    prior_sigma: float
+    delta: float
+
+    def round_events(self) -> list[Event]:
+        """Accountant events of one training round."""
+        return [(self.sigma, self.sample_rate, self.steps_per_round)]
+
+    def prior_events(self) -> list[Event]:
+        """Accountant event of the one-off DP popularity histogram."""
+        return [(self.prior_sigma, 1.0, 1)] if self.prior_sigma > 0 else []
+
+
+def plan_dp(dp: DPConfig, train: TrainConfig, *, n_users: int, rounds: int,
+            use_prior: bool) -> DPPlan:
+    """Calibrate noise so that the prior release plus `rounds` rounds end at `dp.epsilon`."""
+    if n_users < 1:
+        raise ValueError("cannot plan DP-SGD for a client with no trainable users")
+    delta = dp.delta or 1.0 / n_users
+    q = min(1.0, train.batch_users / n_users)
+    steps = max(1, math.ceil(train.epochs / q))
+    prior_sigma = 0.0
+    if use_prior and dp.prior_share > 0:
+        prior_sigma = gaussian_sigma_for(dp.prior_share * dp.epsilon, delta=delta,
+                                         accountant=dp.accountant)
+    prior_events = [(prior_sigma, 1.0, 1)] if prior_sigma else []
+    if dp.noise_multiplier > 0:
+        sigma = dp.noise_multiplier
+    else:
+        sigma = calibrate_noise(target_epsilon=dp.epsilon, delta=delta, sample_rate=q,
+                                steps=steps * rounds, prior_events=prior_events,
+                                accountant=dp.accountant)
+    return DPPlan(sigma, q, steps, prior_sigma, delta)
+
+
+@dataclass
+class TrainStats:
+    """What one call to `train` did."""
+
+    loss: float
+    steps: int
+    users_seen: int
+    wall_s: float
+
+
+def train(model: RecModel, cat: Catalogue, data: LocalData, cfg: TrainConfig, *,
+          history_len: int, plan: DPPlan | None, clip: float, seed: int,
+          progress: Callable[[int, int, float], None] | None = None) -> TrainStats:
+    """Train `model` in place on `data`; DP-SGD (one Opacus sample = one user) if `plan`.
+
+    With a plan: Poisson sampling at ``plan.sample_rate`` for ``plan.steps_per_round`` steps,
+    per-user clipping at `clip`, Gaussian noise ``plan.sigma * clip`` (Opacus' DPOptimizer).
+    Without: shuffled batches of ``cfg.batch_users`` users for ``cfg.epochs`` epochs.
+    """
+    rows = data.trainable()
+    n = len(rows)
+    t0 = time.perf_counter()
+    if n == 0:
+        return TrainStats(0.0, 0, 0, 0.0)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    model.train()
+    gsm: GradSampleModule | None = None
+    if plan is not None:
+        gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+        opt = DPOptimizer(opt, noise_multiplier=plan.sigma, max_grad_norm=clip,
+                          expected_batch_size=max(1, round(plan.sample_rate * n)),
+                          loss_reduction="mean", generator=gen)
+        sampler: list[np.ndarray] = [
+            np.asarray(b, dtype=np.int64) for b in UniformWithReplacementSampler(
+                num_samples=n, sample_rate=plan.sample_rate, generator=gen,
+                steps=plan.steps_per_round)
+        ]
+    else:
+        steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_users))
+        order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(steps *
+                               cfg.batch_users / n) + 1)])
+        sampler = [order[i * cfg.batch_users:(i + 1) * cfg.batch_users] for i in range(steps)]
+    total_loss, seen = 0.0, 0
+    try:
+        for step, local in enumerate(sampler):
+            opt.zero_grad(set_to_none=True)
+            b = len(local)
+            if b == 0:  # an empty Poisson batch still takes a noisy step
+                for p in params:
+                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device)
+            else:
+                batch = make_batch(data, rows[local], history_len=history_len,
+                                   targets=cfg.targets_per_user, negatives=cfg.negatives,
+                                   n_items=cat.n_items, rng=rng)
+                dev = model.device
+                scores = model(batch.hist.to(dev), batch.hist_mask.to(dev),
+                               batch.cands.to(dev), cat)
+                losses = per_user_loss(scores, batch.target_mask.to(dev))
+                (losses.sum() if plan is not None else losses.mean()).backward()
+                if plan is not None:
+                    regroup_grad_samples(model, b)
+                total_loss += float(losses.detach().sum())
+                seen += b
+            opt.step()
+            if progress is not None:
+                progress(step + 1, len(sampler), total_loss / max(seen, 1))
+    finally:
+        if gsm is not None:
+            gsm.remove_hooks()
+        for p in params:
+            p.grad_sample = None
+        model.eval()
+    return TrainStats(total_loss / max(seen, 1), len(sampler), seen, time.perf_counter() - t0)
