@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from common.catalogue import Catalogue
 from common.metrics import RankingEvaluator
@@ -35,12 +39,30 @@ def eval_histories(data: LocalData, which: str) -> tuple[list[np.ndarray], np.nd
     return [np.asarray(t) for t in data.train], (data.valid if which == "valid" else data.test)
 
 
+def _cached_items(model: RecModel, cat: Catalogue, path: Path) -> torch.Tensor:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return torch.from_numpy(np.load(path)).to(model.device)
+        items = item_matrix(model, cat)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, items.cpu().numpy())
+        os.replace(tmp, path)
+        return items
+
+
 ScoreFn = Callable[[np.ndarray, list[np.ndarray]], np.ndarray]
 
 
-def model_score_fn(model: RecModel, cat: Catalogue, *, history_len: int) -> ScoreFn:
-    """A function (local user rows, their known items) -> ``[B, n_items]`` scores."""
-    items = item_matrix(model, cat)
+def model_score_fn(model: RecModel, cat: Catalogue, *, history_len: int,
+                   cache: Path | None = None) -> ScoreFn:
+    """A function (local user rows, their known items) -> ``[B, n_items]`` scores.
+
+    With `cache`, the item matrix is read from / written to that file (under a file lock,
+    atomically): the caller keys it by the model state so it is computed once per state.
+    """
+    items = _cached_items(model, cat, cache) if cache else item_matrix(model, cat)
     prior = model.prior_weight(model.prior.unsqueeze(-1)).squeeze(-1).detach()
 
     @torch.no_grad()

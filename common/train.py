@@ -155,12 +155,15 @@ class TrainStats:
 
 def train(model: RecModel, cat: Catalogue, data: LocalData, cfg: TrainConfig, *,
           history_len: int, plan: DPPlan | None, clip: float, seed: int,
+          proximal_mu: float = 0.0, anchor: dict[str, np.ndarray] | None = None,
           progress: Callable[[int, int, float], None] | None = None) -> TrainStats:
     """Train `model` in place on `data`; DP-SGD (one Opacus sample = one user) if `plan`.
 
     With a plan: Poisson sampling at ``plan.sample_rate`` for ``plan.steps_per_round`` steps,
     per-user clipping at `clip`, Gaussian noise ``plan.sigma * clip`` (Opacus' DPOptimizer).
     Without: shuffled batches of ``cfg.batch_users`` users for ``cfg.epochs`` epochs.
+    With ``proximal_mu > 0`` (FedProx), each step is followed by the proximal step
+    ``w -= lr * mu * (w - anchor)``; it touches no data, so it costs no privacy.
     """
     rows = data.trainable()
     n = len(rows)
@@ -210,6 +213,8 @@ def train(model: RecModel, cat: Catalogue, data: LocalData, cfg: TrainConfig, *,
                 total_loss += float(losses.detach().sum())
                 seen += b
             opt.step()
+            if proximal_mu > 0 and anchor is not None:
+                _proximal_step(model, anchor, cfg.lr * proximal_mu)
             if progress is not None:
                 progress(step + 1, len(sampler), total_loss / max(seen, 1))
     finally:
@@ -219,3 +224,24 @@ def train(model: RecModel, cat: Catalogue, data: LocalData, cfg: TrainConfig, *,
             p.grad_sample = None
         model.eval()
     return TrainStats(total_loss / max(seen, 1), len(sampler), seen, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def _proximal_step(model: RecModel, anchor: dict[str, np.ndarray], rate: float) -> None:
+    """Pull trainable weights towards the round's global weights (FedProx)."""
+    from common.model import trainable_state
+
+    current = trainable_state(model)
+    named = dict(model.named_parameters())
+    for key, value in current.items():
+        if not key.startswith("head."):
+            continue
+        p = named[key[5:]]
+        p.sub_(rate * (p - torch.from_numpy(anchor[key]).to(p.device)))
+    for name, p in model.bert.named_parameters():
+        if not p.requires_grad:
+            continue
+        for key in anchor:
+            if key.startswith("lora.") and name.endswith(key[5:].replace(".weight",
+                                                                         ".default.weight")):
+                p.sub_(rate * (p - torch.from_numpy(anchor[key]).to(p.device)))

@@ -1,0 +1,175 @@
+"""A site's work in a round, without Flower: local data, DP-SGD with a ledger, evaluation."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.catalogue import default_cache_dir
+from common.config import RunConfig
+from common.evaluate import evaluate_scores, model_score_fn
+from common.metrics import RankingEvaluator
+from common.model import RecModel, load_trainable_state, trainable_state
+from common.privacy import Ledger, PrivacyError
+from common.records import state_digest
+from common.task import Corpus, client_users, load_corpus, local_histogram, setup
+from common.train import DPPlan, LocalData, plan_dp, train
+
+
+@dataclass
+class Site:
+    """One client's fixed context: config, its users, model and catalogue."""
+
+    cfg: RunConfig
+    name: str
+    corpus: Corpus
+    local: LocalData
+    model: RecModel
+    cat: Any
+    ledger_path: Path | None
+
+
+def node_setup(run_config: dict[str, Any], node_config: dict[str, Any]) -> tuple[RunConfig, str,
+                                                                                np.ndarray | None]:
+    """Resolve the run config with node overrides; return (cfg, site name, users or None).
+
+    Simulation nodes carry ``partition-id``/``num-partitions``; deployed SuperNodes carry
+    ``data-dir`` (and optionally ``dataset``, ``site-name``, ``ledger-path``) and own all the
+    users in their data.
+    """
+    from common.config import parse_config
+
+    over = dict(run_config)
+    if "data-dir" in node_config:
+        over["data.dir"] = str(node_config["data-dir"])
+    if "dataset" in node_config:
+        over["data.dataset"] = str(node_config["dataset"])
+    cfg = parse_config(over)
+    if "partition-id" in node_config:
+        pid, nparts = int(node_config["partition-id"]), int(node_config["num-partitions"])
+        corpus = load_corpus(cfg.data)
+        users = client_users(cfg.data, corpus, pid, nparts, cfg.fed.seed)
+        return cfg, str(node_config.get("site-name", f"client-{pid}")), users
+    return cfg, str(node_config.get("site-name", "site")), None
+
+
+@functools.lru_cache(maxsize=4)
+def _site(cfg: RunConfig, name: str, users: tuple[int, ...] | None,
+          ledger: str | None) -> Site:
+    torch.manual_seed(cfg.train.seed)
+    corpus, cat, model = setup(cfg)
+    local = corpus.local(np.asarray(users)) if users is not None else corpus.everyone()
+    if len(local) == 0:
+        raise ValueError(f"site {name} has no users")
+    return Site(cfg, name, corpus, local, model, cat, Path(ledger) if ledger else None)
+
+
+def get_site(run_config: dict[str, Any], node_config: dict[str, Any]) -> Site:
+    """The (process-cached) `Site` for this node."""
+    cfg, name, users = node_setup(run_config, node_config)
+    ledger = node_config.get("ledger-path") or None
+    if ledger is None and cfg.dp.local:
+        root = Path(cfg.dp.ledger_dir or os.path.join(cfg.fed.out_dir, "ledgers"))
+        ledger = str(root / f"{name}.json")
+    return _site(cfg, name, None if users is None else tuple(int(u) for u in users), ledger)
+
+
+def dp_plan(site: Site) -> DPPlan | None:
+    """This site's DP-SGD plan (None without local DP)."""
+    if not site.cfg.dp.local:
+        return None
+    return plan_dp(site.cfg.dp, site.cfg.train, n_users=len(site.local.trainable()),
+                   rounds=site.cfg.fed.rounds, use_prior=site.cfg.model.prior)
+
+
+def open_ledger(site: Site, plan: DPPlan) -> Ledger:
+    """The site's persistent ledger (raises `PrivacyError` if corrupt)."""
+    return Ledger.open(site.ledger_path, budget_epsilon=site.cfg.dp.epsilon, delta=plan.delta,
+                       accountant=site.cfg.dp.accountant)
+
+
+def train_round(site: Site, state: dict[str, np.ndarray], *, server_round: int,
+                collect_prior: bool, proximal_mu: float) -> tuple[dict[str, np.ndarray] | None,
+                                                                   dict[str, Any]]:
+    """Load the global state, spend budget if allowed, train; return (new state, metrics).
+
+    Returns ``(None, metrics)`` with ``declined = 1`` when this round would exceed the site's
+    privacy budget: the client refuses rather than overspend.
+    """
+    cfg = site.cfg
+    load_trainable_state(site.model, state)
+    plan = dp_plan(site)
+    events = []
+    ledger = None
+    if plan is not None:
+        events = plan.round_events() + (plan.prior_events() if collect_prior else [])
+        ledger = open_ledger(site, plan)
+        if ledger.would_exceed(events):
+            return None, {"declined": 1, "num-examples": 0, "epsilon": ledger.epsilon(),
+                          "delta": plan.delta,
+                          "reason": f"round {server_round} would exceed epsilon budget "
+                                    f"{cfg.dp.epsilon} (spent {ledger.epsilon():.4g})"}
+        # Spend first: a crash mid-round must never leave spent budget unrecorded.
+        eps = ledger.record(server_round, "train", events)
+    if collect_prior and cfg.model.prior:
+        sigma = plan.prior_sigma if plan is not None else 0.0
+        hist = local_histogram(site.local, site.corpus.data.n_items, recent=cfg.data.history_len,
+                               sigma=sigma, seed=cfg.train.seed * 7919 + server_round)
+        with torch.no_grad():
+            # Average of per-site (hist / n_users) weighted by n_users = global sum / N.
+            site.model.prior.copy_(torch.from_numpy(hist / len(site.local)).float())
+    anchor = trainable_state(site.model) if proximal_mu > 0 else None
+    stats = train(site.model, site.cat, site.local, cfg.train, history_len=cfg.data.history_len,
+                  plan=plan, clip=cfg.dp.clip, seed=cfg.train.seed * 100_003 + server_round,
+                  proximal_mu=proximal_mu, anchor=anchor)
+    metrics: dict[str, Any] = {
+        "num-examples": len(site.local), "train_loss": stats.loss, "steps": stats.steps,
+        "users-trained": stats.users_seen, "train-s": stats.wall_s, "declined": 0,
+    }
+    if plan is not None and ledger is not None:
+        metrics.update({"epsilon": eps, "delta": plan.delta, "sigma": plan.sigma,
+                        "sample-rate": plan.sample_rate})
+    return trainable_state(site.model), metrics
+
+
+def shared_item_scores(site: Site, state: dict[str, np.ndarray]) -> Any:
+    """Score function for `state`; the item matrix is computed once per state per machine.
+
+    All client workers on a machine evaluate the same global adapter, so the catalogue
+    encoding is cached on disk under the state's digest (file lock; atomic write).
+    """
+    load_trainable_state(site.model, state)
+    return model_score_fn(site.model, site.cat, history_len=site.cfg.data.history_len,
+                          cache=_item_cache_path(site, state))
+
+
+def _item_cache_path(site: Site, state: dict[str, np.ndarray]) -> Path:
+    root = Path(site.cfg.model.cache_dir) if site.cfg.model.cache_dir else default_cache_dir()
+    return root / "items" / f"{state_digest(state)}.npy"
+
+
+def evaluate_round(site: Site, state: dict[str, np.ndarray], *, which: str,
+                   per_user: bool) -> dict[str, Any]:
+    """Full-catalogue ranking of this site's users' held-out items."""
+    score = shared_item_scores(site, state)
+    ev = evaluate_scores(score, site.local, site.corpus.data.n_items, which=which,
+                         evaluator=RankingEvaluator(site.corpus.data.n_items,
+                                                    seed=site.cfg.train.seed))
+    res = ev.result()
+    out: dict[str, Any] = {k: v for k, v in res.items() if k != "n_users"}
+    out["num-examples"] = int(res["n_users"])
+    if per_user:
+        pu = ev.per_user()
+        out["per-user-user"] = [float(u) for u in pu["user"]]
+        for k in ("hr@10", "ndcg@10"):
+            out[f"per-user-{k}"] = [float(x) for x in pu[k]]
+    return out
+
+
+__all__ = ["PrivacyError", "Site", "evaluate_round", "get_site", "train_round"]

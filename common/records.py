@@ -1,0 +1,62 @@
+"""Message record keys and conversions between named numpy arrays and Flower records."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord
+
+ARRAYS = "arrays"  # the ArrayRecord holding the trainable state
+METRICS = "metrics"  # the MetricRecord of a reply
+CONFIG = "config"  # the ConfigRecord the server sends
+NUM_EXAMPLES = "num-examples"  # weight for FedAvg: users trained / evaluated
+TRAIN_LOSS = "train_loss"  # key QFedAvg reads
+DECLINED = "declined"  # 1.0 when a client refused to train (budget exhausted)
+PER_USER_PREFIX = "per-user-"  # list-valued per-user metrics (fairness studies)
+
+# Per-round ConfigRecord keys sent by the server.
+ROUND = "server-round"
+COLLECT_PRIOR = "collect-prior"
+PROXIMAL_MU = "proximal-mu"
+EVAL_SPLIT = "eval-split"
+PER_USER = "per-user"
+
+
+def to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
+    """Named numpy arrays -> ArrayRecord (names kept, order sorted)."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(state[k])) for k in sorted(state)})
+
+
+def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """ArrayRecord -> named numpy arrays."""
+    return {k: record[k].numpy() for k in record.keys()}
+
+
+def state_digest(state: dict[str, np.ndarray]) -> str:
+    """Content hash of named arrays (cache keys, reply dedup)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(state[k]).tobytes())
+    return h.hexdigest()[:32]
+
+
+def state_bytes(state: dict[str, np.ndarray]) -> int:
+    """Payload size in bytes of the arrays."""
+    return int(sum(v.nbytes for v in state.values()))
+
+
+def metric_record(values: dict[str, float | int | list[float]]) -> MetricRecord:
+    """A MetricRecord from plain Python numbers (numpy scalars converted)."""
+    out: dict[str, float | int | list[float]] = {}
+    for k, v in values.items():
+        if isinstance(v, list):
+            out[k] = [float(x) for x in v]
+        elif isinstance(v, bool | np.bool_):
+            out[k] = int(v)
+        elif isinstance(v, int | np.integer):
+            out[k] = int(v)
+        else:
+            out[k] = float(v)
+    return MetricRecord(out)  # type: ignore[arg-type]

@@ -1,0 +1,64 @@
+"""Strategy registry over Flower's own strategies, and the central-DP wrapper."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    QFedAvg,
+    Strategy,
+)
+
+from common import records as R
+from common.config import RunConfig
+
+
+def _common(cfg: RunConfig, n_clients: int) -> dict[str, object]:
+    m = max(1, round(cfg.fed.fraction_train * n_clients))
+    return {
+        "fraction_train": cfg.fed.fraction_train,
+        "fraction_evaluate": cfg.fed.fraction_evaluate,
+        "min_train_nodes": min(cfg.fed.min_clients, m),
+        "min_evaluate_nodes": min(cfg.fed.min_clients, n_clients),
+        "min_available_nodes": min(cfg.fed.min_clients, n_clients),
+        "weighted_by_key": R.NUM_EXAMPLES,
+        "arrayrecord_key": R.ARRAYS,
+        "configrecord_key": R.CONFIG,
+    }
+
+
+STRATEGIES: dict[str, Callable[[RunConfig, int], Strategy]] = {
+    "fedavg": lambda c, n: FedAvg(**_common(c, n)),  # type: ignore[arg-type]
+    "fedprox": lambda c, n: FedProx(**_common(c, n), proximal_mu=c.fed.proximal_mu),  # type: ignore[arg-type]
+    "qfedavg": lambda c, n: QFedAvg(client_learning_rate=c.fed.qffl_lr, q=c.fed.qffl_q,  # type: ignore[arg-type]
+                                    train_loss_key=R.TRAIN_LOSS, **_common(c, n)),
+    "fedtrimmedavg": lambda c, n: FedTrimmedAvg(**_common(c, n), beta=c.fed.trim_beta),  # type: ignore[arg-type]
+    "krum": lambda c, n: Krum(**_common(c, n), num_malicious_nodes=1),  # type: ignore[arg-type]
+}
+
+
+def clients_per_round(cfg: RunConfig, n_clients: int) -> int:
+    """How many clients the strategy samples per training round."""
+    return max(1, round(cfg.fed.fraction_train * n_clients), min(cfg.fed.min_clients,
+                                                                   n_clients))
+
+
+def create_strategy(cfg: RunConfig, n_clients: int, *, central_sigma: float = 0.0) -> Strategy:
+    """Flower strategy named by `fed.strategy`, wrapped for central DP when `dp.mode=central`."""
+    try:
+        factory = STRATEGIES[cfg.fed.strategy]
+    except KeyError:
+        raise ValueError(f"`fed.strategy` must be one of {sorted(STRATEGIES)}, got "
+                         f"{cfg.fed.strategy!r}.") from None
+    strategy = factory(cfg, n_clients)
+    if cfg.dp.mode == "central":
+        strategy = DifferentialPrivacyServerSideFixedClipping(
+            strategy, noise_multiplier=central_sigma, clipping_norm=cfg.fed.central_clip,
+            num_sampled_clients=clients_per_round(cfg, n_clients),
+        )
+    return strategy

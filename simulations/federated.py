@@ -1,0 +1,182 @@
+"""Run the Flower app through `flwr run .` (Flower's simulation engine) and collect results.
+
+Example::
+
+    python -m simulations.federated --preset quick --out runs/quick
+    python -m simulations.federated --out runs/x --run-config "fed.rounds=2 dp.epsilon=3"
+
+Handles the known `flwr run` pitfalls: a private ``FLWR_HOME`` per output folder, no per-run
+dependency re-installation, a check that no foreign SuperLink holds Flower's local ports, the
+run's final status read from ``flwr ls`` (``--stream`` can exit 0 on a failed run), and the
+background SuperLink this command started is stopped by its pid afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common.config import ConfigError, parse_config, parse_overrides
+from common.task import load_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = Path(__file__).resolve().parent / "presets"
+SUPERLINK_PORTS = (39091, 39092, 39093)
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Overrides from `simulations/presets/<name>.toml` ('' = none)."""
+    import tomllib
+
+    if not name:
+        return {}
+    path = PRESETS / f"{name}.toml"
+    if not path.exists():
+        known = sorted(p.stem for p in PRESETS.glob("*.toml"))
+        raise ConfigError(f"unknown preset {name!r}; known presets: {known}")
+    with open(path, "rb") as fh:
+        return dict(tomllib.load(fh))
+
+
+def _pids_using(flwr_home: Path) -> list[int]:
+    """Pids of processes whose command line mentions `flwr_home` (our SuperLink/SuperExec)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(flwr_home) in cmd and ("superlink" in cmd or "superexec" in cmd):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop_superlink(flwr_home: Path) -> list[int]:
+    """Stop the SuperLink (and its SuperExec) started under `flwr_home`; return their pids."""
+    pids = _pids_using(flwr_home)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def run_status(env: dict[str, str]) -> dict[str, Any] | None:
+    """The latest run's entry from `flwr ls --format json`, or None."""
+    proc = subprocess.run(["flwr", "ls", "--format", "json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    try:
+        runs = json.loads(proc.stdout).get("runs", [])
+    except json.JSONDecodeError:
+        return None
+    return max(runs, key=lambda r: str(r.get("pending-at", ""))) if runs else None
+
+
+def run(overrides: dict[str, Any], out: Path, *, num_supernodes: int | None = None,
+        quiet: bool = False) -> dict[str, Any]:
+    """Run the app with `overrides` into `out`; return results.json (raises on failure)."""
+    out = out.resolve()
+    overrides = {**overrides, "fed.out-dir": str(out)}
+    cfg = parse_config(overrides)  # validate before starting anything
+    if num_supernodes is None:
+        num_supernodes = (load_corpus(cfg.data).data.n_users if cfg.data.partitioning == "user"
+                          else cfg.data.num_sites)
+    out.mkdir(parents=True, exist_ok=True)
+    flwr_home = out / ".flwr-home"
+    if not _pids_using(flwr_home) and any(_port_busy(p) for p in SUPERLINK_PORTS):
+        raise RuntimeError(
+            f"a SuperLink not started by this command holds Flower's local ports "
+            f"{SUPERLINK_PORTS}; it would take over this run. Stop it first (`flwr` from its "
+            "checkout, or kill its pid).")
+    run_cfg = out / "run-config.toml"
+    with open(run_cfg, "w") as fh:
+        for k, v in overrides.items():
+            fh.write(f'"{k}" = {_toml(v)}\n')
+    env = {**os.environ, "FLWR_HOME": str(flwr_home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    cmd = ["flwr", "run", ".", "--stream", "--run-config", str(run_cfg),
+           "--federation-config", f"num-supernodes={num_supernodes}"]
+    log_path = out / "flwr.log"
+    t0 = time.time()
+    try:
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                if not quiet and ("fedrec" in line or "ERROR" in line or "Traceback" in line):
+                    print(line.rstrip(), file=sys.stderr)
+            rc = proc.wait()
+        status = run_status(env)
+    finally:
+        stop_superlink(flwr_home)
+    results_f = out / "results.json"
+    sub = (status or {}).get("status", "unknown")
+    if rc != 0 or "fail" in str(sub).lower() or not results_f.exists():
+        raise RuntimeError(f"flwr run failed (exit {rc}, run status {sub!r}); see {log_path}")
+    res: dict[str, Any] = json.loads(results_f.read_text())
+    res.setdefault("timing", {})["flwr_run_s"] = time.time() - t0
+    res["flwr_status"] = status
+    results_f.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value == float("inf"):
+        return "inf"
+    return json.dumps(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(prog="python -m simulations.federated", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="", help="override file in simulations/presets/")
+    ap.add_argument("--out", required=True, type=Path, help="output folder")
+    ap.add_argument("--run-config", default="", help='extra overrides "key=value ..."')
+    ap.add_argument("--num-supernodes", type=int, default=None,
+                    help="simulated nodes (default: data.num-sites, or users when "
+                    "data.partitioning = user)")
+    args = ap.parse_args(argv)
+    try:
+        over = {**load_preset(args.preset), **parse_overrides(args.run_config)}
+        res = run(over, args.out, num_supernodes=args.num_supernodes)
+    except (ConfigError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    m = res["metrics"]
+    base = res.get("baselines", {}).get("most-popular", {})
+    print(f"{res['status']}: HR@10 {m.get('hr@10', float('nan')):.4f} NDCG@10 "
+          f"{m.get('ndcg@10', float('nan')):.4f} (most-popular {base.get('hr@10', float('nan')):.4f})"
+          f"; epsilon {res['privacy']['epsilon']}; {res['timing']['flwr_run_s']:.0f}s -> "
+          f"{args.out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
