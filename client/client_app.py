@@ -25,7 +25,9 @@ def train(msg: Message, context: Context) -> Message:
     cfg = _config(msg)
     state = R.from_record(msg.content.array_records[R.ARRAYS])
     new_state, metrics = train_round(
-        site, state, server_round=int(cfg.get(R.ROUND, 0)),
+        site,
+        state,
+        server_round=int(cfg.get(R.ROUND, 0)),
         collect_prior=bool(cfg.get(R.COLLECT_PRIOR, False)),
         proximal_mu=float(cfg.get(R.PROXIMAL_MU, 0.0)),
     )
@@ -36,7 +38,8 @@ def train(msg: Message, context: Context) -> Message:
         return Message(RecordDict({R.METRICS: R.metric_record(metrics)}), reply_to=msg)
     if "epsilon" in metrics:
         context.state["privacy"] = ConfigRecord(
-            {"epsilon": float(metrics["epsilon"]), "delta": float(metrics["delta"])})
+            {"epsilon": float(metrics["epsilon"]), "delta": float(metrics["delta"])}
+        )
     content = RecordDict({R.ARRAYS: R.to_record(new_state), R.METRICS: R.metric_record(metrics)})
     return Message(content, reply_to=msg)
 
@@ -47,6 +50,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     site = get_site(dict(context.run_config), dict(context.node_config))
     cfg = _config(msg)
     state = R.from_record(msg.content.array_records[R.ARRAYS])
-    metrics = evaluate_round(site, state, which=str(cfg.get(R.EVAL_SPLIT, "test")),
-                             per_user=bool(cfg.get(R.PER_USER, False)))
+    metrics = evaluate_round(
+        site,
+        state,
+        which=str(cfg.get(R.EVAL_SPLIT, "test")),
+        per_user=bool(cfg.get(R.PER_USER, False)),
+    )
     return Message(RecordDict({R.METRICS: R.metric_record(metrics)}), reply_to=msg)

@@ -35,8 +35,9 @@ class Site:
     ledger_path: Path | None
 
 
-def node_setup(run_config: dict[str, Any], node_config: dict[str, Any]) -> tuple[RunConfig, str,
-                                                                                np.ndarray | None]:
+def node_setup(
+    run_config: dict[str, Any], node_config: dict[str, Any]
+) -> tuple[RunConfig, str, np.ndarray | None]:
     """Resolve the run config with node overrides; return (cfg, site name, users or None).
 
     Simulation nodes carry ``partition-id``/``num-partitions``; deployed SuperNodes carry
@@ -60,8 +61,7 @@ def node_setup(run_config: dict[str, Any], node_config: dict[str, Any]) -> tuple
 
 
 @functools.lru_cache(maxsize=4)
-def _site(cfg: RunConfig, name: str, users: tuple[int, ...] | None,
-          ledger: str | None) -> Site:
+def _site(cfg: RunConfig, name: str, users: tuple[int, ...] | None, ledger: str | None) -> Site:
     torch.manual_seed(cfg.train.seed)
     corpus, cat, model = setup(cfg)
     local = corpus.local(np.asarray(users)) if users is not None else corpus.everyone()
@@ -84,19 +84,33 @@ def dp_plan(site: Site) -> DPPlan | None:
     """This site's DP-SGD plan (None without local DP)."""
     if not site.cfg.dp.local:
         return None
-    return plan_dp(site.cfg.dp, site.cfg.train, n_users=len(site.local.trainable()),
-                   rounds=site.cfg.fed.rounds, use_prior=site.cfg.model.prior)
+    return plan_dp(
+        site.cfg.dp,
+        site.cfg.train,
+        n_users=len(site.local.trainable()),
+        rounds=site.cfg.fed.rounds,
+        use_prior=site.cfg.model.prior,
+    )
 
 
 def open_ledger(site: Site, plan: DPPlan) -> Ledger:
     """The site's persistent ledger (raises `PrivacyError` if corrupt)."""
-    return Ledger.open(site.ledger_path, budget_epsilon=site.cfg.dp.epsilon, delta=plan.delta,
-                       accountant=site.cfg.dp.accountant)
+    return Ledger.open(
+        site.ledger_path,
+        budget_epsilon=site.cfg.dp.epsilon,
+        delta=plan.delta,
+        accountant=site.cfg.dp.accountant,
+    )
 
 
-def train_round(site: Site, state: dict[str, np.ndarray], *, server_round: int,
-                collect_prior: bool, proximal_mu: float) -> tuple[dict[str, np.ndarray] | None,
-                                                                   dict[str, Any]]:
+def train_round(
+    site: Site,
+    state: dict[str, np.ndarray],
+    *,
+    server_round: int,
+    collect_prior: bool,
+    proximal_mu: float,
+) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
     """Load the global state, spend budget if allowed, train; return (new state, metrics).
 
     Returns ``(None, metrics)`` with ``declined = 1`` when this round would exceed the site's
@@ -111,30 +125,58 @@ def train_round(site: Site, state: dict[str, np.ndarray], *, server_round: int,
         events = plan.round_events() + (plan.prior_events() if collect_prior else [])
         ledger = open_ledger(site, plan)
         if ledger.would_exceed(events):
-            return None, {"declined": 1, "num-examples": 0, "epsilon": ledger.epsilon(),
-                          "delta": plan.delta,
-                          "reason": f"round {server_round} would exceed epsilon budget "
-                                    f"{cfg.dp.epsilon} (spent {ledger.epsilon():.4g})"}
+            return None, {
+                "declined": 1,
+                "num-examples": 0,
+                "epsilon": ledger.epsilon(),
+                "delta": plan.delta,
+                "reason": f"round {server_round} would exceed epsilon budget "
+                f"{cfg.dp.epsilon} (spent {ledger.epsilon():.4g})",
+            }
         # Spend first: a crash mid-round must never leave spent budget unrecorded.
         eps = ledger.record(server_round, "train", events)
     if collect_prior and cfg.model.prior:
         sigma = plan.prior_sigma if plan is not None else 0.0
-        hist = local_histogram(site.local, site.corpus.data.n_items, recent=cfg.data.history_len,
-                               sigma=sigma, seed=cfg.train.seed * 7919 + server_round)
+        hist = local_histogram(
+            site.local,
+            site.corpus.data.n_items,
+            recent=cfg.data.history_len,
+            sigma=sigma,
+            seed=cfg.train.seed * 7919 + server_round,
+        )
         with torch.no_grad():
             # Average of per-site (hist / n_users) weighted by n_users = global sum / N.
             site.model.prior.copy_(torch.from_numpy(hist / len(site.local)).float())
     anchor = trainable_state(site.model) if proximal_mu > 0 else None
-    stats = train(site.model, site.cat, site.local, cfg.train, history_len=cfg.data.history_len,
-                  plan=plan, clip=cfg.dp.clip, seed=cfg.train.seed * 100_003 + server_round,
-                  proximal_mu=proximal_mu, anchor=anchor)
+    stats = train(
+        site.model,
+        site.cat,
+        site.local,
+        cfg.train,
+        history_len=cfg.data.history_len,
+        plan=plan,
+        clip=cfg.dp.clip,
+        seed=cfg.train.seed * 100_003 + server_round,
+        proximal_mu=proximal_mu,
+        anchor=anchor,
+    )
     metrics: dict[str, Any] = {
-        "num-examples": len(site.local), "train_loss": stats.loss, "steps": stats.steps,
-        "users-trained": stats.users_seen, "train-s": stats.wall_s, "declined": 0,
+        "num-examples": len(site.local),
+        "train_loss": stats.loss,
+        "steps": stats.steps,
+        "users-trained": stats.users_seen,
+        "train-s": stats.wall_s,
+        "declined": 0,
     }
     if plan is not None and ledger is not None:
-        metrics.update({"epsilon": eps, "delta": plan.delta, "sigma": plan.sigma,
-                        "sample-rate": plan.sample_rate})
+        metrics.update(
+            {
+                "epsilon": eps,
+                "delta": plan.delta,
+                "sigma": plan.sigma,
+                "sample-rate": plan.sample_rate,
+            }
+        )
     return trainable_state(site.model), metrics
 
 
@@ -145,8 +187,12 @@ def shared_item_scores(site: Site, state: dict[str, np.ndarray]) -> Any:
     encoding is cached on disk under the state's digest (file lock; atomic write).
     """
     load_trainable_state(site.model, state)
-    return model_score_fn(site.model, site.cat, history_len=site.cfg.data.history_len,
-                          cache=_item_cache_path(site, state))
+    return model_score_fn(
+        site.model,
+        site.cat,
+        history_len=site.cfg.data.history_len,
+        cache=_item_cache_path(site, state),
+    )
 
 
 def _item_cache_path(site: Site, state: dict[str, np.ndarray]) -> Path:
@@ -154,13 +200,18 @@ def _item_cache_path(site: Site, state: dict[str, np.ndarray]) -> Path:
     return root / "items" / f"{state_digest(state)}.npy"
 
 
-def evaluate_round(site: Site, state: dict[str, np.ndarray], *, which: str,
-                   per_user: bool) -> dict[str, Any]:
+def evaluate_round(
+    site: Site, state: dict[str, np.ndarray], *, which: str, per_user: bool
+) -> dict[str, Any]:
     """Full-catalogue ranking of this site's users' held-out items."""
     score = shared_item_scores(site, state)
-    ev = evaluate_scores(score, site.local, site.corpus.data.n_items, which=which,
-                         evaluator=RankingEvaluator(site.corpus.data.n_items,
-                                                    seed=site.cfg.train.seed))
+    ev = evaluate_scores(
+        score,
+        site.local,
+        site.corpus.data.n_items,
+        which=which,
+        evaluator=RankingEvaluator(site.corpus.data.n_items, seed=site.cfg.train.seed),
+    )
     res = ev.result()
     out: dict[str, Any] = {k: v for k, v in res.items() if k != "n_users"}
     out["num-examples"] = int(res["n_users"])

@@ -8,8 +8,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, BertConfig, BertModel, PreTrainedModel
 
-_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                    "special_tokens_map.json")
+_TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def bundled_backbone() -> Path:
@@ -40,15 +44,17 @@ def load_backbone(name: str) -> PreTrainedModel:
     """Load a frozen BERT-family encoder from `resolve_backbone(name)`."""
     model = AutoModel.from_pretrained(resolve_backbone(name))
     if not hasattr(model, "encoder") or not hasattr(model.encoder, "layer"):
-        raise ValueError(f"`model.backbone` {name!r} is not a BERT-style encoder "
-                         f"(got {type(model).__name__}).")
+        raise ValueError(
+            f"`model.backbone` {name!r} is not a BERT-style encoder (got {type(model).__name__})."
+        )
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
 
 
-def make_tiny_backbone(folder: str | Path, *, hidden: int = 32, layers: int = 2,
-                       heads: int = 2, seed: int = 0) -> Path:
+def make_tiny_backbone(
+    folder: str | Path, *, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0
+) -> Path:
     """Write a tiny random BERT (with the bundled tokenizer) to `folder`: for tests only."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -57,9 +63,14 @@ def make_tiny_backbone(folder: str | Path, *, hidden: int = 32, layers: int = 2,
         if (src / name).exists():
             shutil.copy(src / name, folder / name)
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=heads, intermediate_size=hidden * 2,
-                     max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=128,
+    )
     BertModel(cfg).save_pretrained(folder)
     return folder
 

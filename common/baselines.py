@@ -60,6 +60,10 @@ class MostPopular:
         users = _check_users(users, self.n_users)
         return np.tile(self.counts, (users.size, 1))
 
+    def scores_for(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """The popularity row for each history (histories do not change the scores)."""
+        return np.tile(self.counts, (len(histories), 1))
+
 
 def _regularised_inverse(x: sp.csr_matrix, l2: float) -> torch.Tensor:
     """``(X^T X + l2 I)^-1`` in X's dtype, by Woodbury when there are fewer users than items.
@@ -112,6 +116,10 @@ class EASE:
         users = _check_users(users, self.n_users)
         return np.asarray(self.x[users] @ self.b)
 
+    def scores_for(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """Scores ``X_h @ B`` for arbitrary item histories (e.g. train + validation item)."""
+        return np.asarray(interaction_matrix(histories, self.n_items, dtype=self.b.dtype) @ self.b)
+
 
 class ItemKNN:
     """Item-based kNN: cosine item-item similarity, the ``k_neighbors`` most similar kept per item.
@@ -145,6 +153,11 @@ class ItemKNN:
         """Dense float32 [len(users), n_items] scores ``X[users] @ S``."""
         users = _check_users(users, self.n_users)
         return np.asarray((self.x[users] @ self.sim).toarray(), dtype=np.float32)
+
+    def scores_for(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """Scores ``X_h @ S`` for arbitrary item histories."""
+        x = interaction_matrix(histories, self.n_items)
+        return np.asarray((x @ self.sim).toarray(), dtype=np.float32)
 
 
 BASELINES: dict[str, type] = {"most-popular": MostPopular, "ease": EASE, "item-knn": ItemKNN}

@@ -97,8 +97,7 @@ def build_catalogue(
     """
     path = resolve_backbone(backbone)
     tok: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path)
-    enc = tok(texts, padding="longest", truncation=True, max_length=max_tokens,
-              return_tensors="pt")
+    enc = tok(texts, padding="longest", truncation=True, max_length=max_tokens, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     key = hashlib.sha256(

@@ -35,13 +35,23 @@ class DataConfig:
     synthetic_items: int
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.cold_start_share < 1.0, "data.cold-start-share", self.cold_start_share,
-               "must be in [0, 1)")
+        _check(
+            0.0 <= self.cold_start_share < 1.0,
+            "data.cold-start-share",
+            self.cold_start_share,
+            "must be in [0, 1)",
+        )
         _check(self.history_len >= 1, "data.history-len", self.history_len, "must be >= 1")
-        _check(self.partitioning in ("iid", "dirichlet", "user"), "data.partitioning",
-               self.partitioning, "must be one of 'iid', 'dirichlet', 'user'")
+        _check(
+            self.partitioning in ("iid", "dirichlet", "user"),
+            "data.partitioning",
+            self.partitioning,
+            "must be one of 'iid', 'dirichlet', 'user'",
+        )
         _check(self.num_sites >= 1, "data.num-sites", self.num_sites, "must be >= 1")
-        _check(self.dirichlet_alpha > 0, "data.dirichlet-alpha", self.dirichlet_alpha, "must be > 0")
+        _check(
+            self.dirichlet_alpha > 0, "data.dirichlet-alpha", self.dirichlet_alpha, "must be > 0"
+        )
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,12 @@ class LoraConfig:
         _check(self.rank >= 1, "model.lora.rank", self.rank, "must be >= 1")
         _check(self.alpha > 0, "model.lora.alpha", self.alpha, "must be > 0")
         _check(self.layers >= 1, "model.lora.layers", self.layers, "must be >= 1")
-        _check(bool(self.target_modules), "model.lora.targets", self.targets,
-               "must name at least one module, e.g. 'query,value'")
+        _check(
+            bool(self.target_modules),
+            "model.lora.targets",
+            self.targets,
+            "must name at least one module, e.g. 'query,value'",
+        )
 
     @property
     def target_modules(self) -> list[str]:
@@ -81,8 +95,9 @@ class ModelConfig:
     cache_dir: str
 
     def __post_init__(self) -> None:
-        _check(4 <= self.max_tokens <= 512, "model.max-tokens", self.max_tokens,
-               "must be in [4, 512]")
+        _check(
+            4 <= self.max_tokens <= 512, "model.max-tokens", self.max_tokens, "must be in [4, 512]"
+        )
         _check(self.proj_dim >= 0, "model.proj-dim", self.proj_dim, "must be >= 0 (0 = none)")
         _check(self.temperature > 0, "model.temperature", self.temperature, "must be > 0")
 
@@ -103,8 +118,12 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
         _check(self.epochs > 0, "train.epochs", self.epochs, "must be > 0")
         _check(self.batch_users >= 1, "train.batch-users", self.batch_users, "must be >= 1")
-        _check(self.targets_per_user >= 1, "train.targets-per-user", self.targets_per_user,
-               "must be >= 1")
+        _check(
+            self.targets_per_user >= 1,
+            "train.targets-per-user",
+            self.targets_per_user,
+            "must be >= 1",
+        )
         _check(self.negatives >= 1, "train.negatives", self.negatives, "must be >= 1")
         _check(self.eval_users >= 0, "train.eval-users", self.eval_users, "must be >= 0 (0 = all)")
 
@@ -123,20 +142,35 @@ class DPConfig:
     ledger_dir: str
 
     def __post_init__(self) -> None:
-        _check(self.mode in ("none", "local", "central"), "dp.mode", self.mode,
-               "must be one of 'none', 'local', 'central'")
+        _check(
+            self.mode in ("none", "local", "central"),
+            "dp.mode",
+            self.mode,
+            "must be one of 'none', 'local', 'central'",
+        )
         _check(self.epsilon > 0, "dp.epsilon", self.epsilon, "must be > 0 ('inf' = no budget)")
         _check(0.0 <= self.delta < 1.0, "dp.delta", self.delta, "must be in [0, 1) (0 = 1/users)")
-        _check(self.noise_multiplier >= 0, "dp.noise-multiplier", self.noise_multiplier,
-               "must be >= 0 (0 = derive from dp.epsilon)")
+        _check(
+            self.noise_multiplier >= 0,
+            "dp.noise-multiplier",
+            self.noise_multiplier,
+            "must be >= 0 (0 = derive from dp.epsilon)",
+        )
         _check(self.clip > 0, "dp.clip", self.clip, "must be > 0")
-        _check(self.accountant in ("prv", "rdp"), "dp.accountant", self.accountant,
-               "must be 'prv' or 'rdp'")
-        _check(0.0 <= self.prior_share < 1.0, "dp.prior-share", self.prior_share,
-               "must be in [0, 1)")
+        _check(
+            self.accountant in ("prv", "rdp"),
+            "dp.accountant",
+            self.accountant,
+            "must be 'prv' or 'rdp'",
+        )
+        _check(
+            0.0 <= self.prior_share < 1.0, "dp.prior-share", self.prior_share, "must be in [0, 1)"
+        )
         if self.mode == "local" and math.isinf(self.epsilon) and self.noise_multiplier == 0:
-            raise ConfigError("dp.mode = 'local' needs a finite dp.epsilon or a dp.noise-multiplier "
-                              "(use dp.mode = 'none' for no DP)")
+            raise ConfigError(
+                "dp.mode = 'local' needs a finite dp.epsilon or a dp.noise-multiplier "
+                "(use dp.mode = 'none' for no DP)"
+            )
 
     @property
     def local(self) -> bool:
@@ -157,7 +191,6 @@ class FedConfig:
     qffl_q: float
     qffl_lr: float
     trim_beta: float
-    server_lr: float
     central_clip: float
     central_noise: float
     update_norm_bound: float
@@ -168,15 +201,27 @@ class FedConfig:
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "fed.rounds", self.rounds, "must be >= 1")
-        _check(0 < self.fraction_train <= 1, "fed.fraction-train", self.fraction_train,
-               "must be in (0, 1]")
-        _check(0 <= self.fraction_evaluate <= 1, "fed.fraction-evaluate", self.fraction_evaluate,
-               "must be in [0, 1]")
+        _check(
+            0 < self.fraction_train <= 1,
+            "fed.fraction-train",
+            self.fraction_train,
+            "must be in (0, 1]",
+        )
+        _check(
+            0 <= self.fraction_evaluate <= 1,
+            "fed.fraction-evaluate",
+            self.fraction_evaluate,
+            "must be in [0, 1]",
+        )
         _check(self.min_clients >= 1, "fed.min-clients", self.min_clients, "must be >= 1")
         _check(self.central_clip > 0, "fed.central-clip", self.central_clip, "must be > 0")
         _check(self.central_noise >= 0, "fed.central-noise", self.central_noise, "must be >= 0")
-        _check(self.update_norm_bound > 0, "fed.update-norm-bound", self.update_norm_bound,
-               "must be > 0")
+        _check(
+            self.update_norm_bound > 0,
+            "fed.update-norm-bound",
+            self.update_norm_bound,
+            "must be > 0",
+        )
         _check(0 <= self.trim_beta < 0.5, "fed.trim-beta", self.trim_beta, "must be in [0, 0.5)")
 
 
@@ -301,9 +346,8 @@ def _coerce(key: str, value: Any, proto: Any) -> ConfigValue:
             return float(value)
         if isinstance(value, str) and value.lower() in ("inf", "+inf"):
             return math.inf
-    elif isinstance(proto, str):
-        if isinstance(value, str):
-            return value
+    elif isinstance(proto, str) and isinstance(value, str):
+        return value
     raise ConfigError(
         f"`{key}` must be of type {type(proto).__name__}, got {value!r} ({type(value).__name__})."
     )

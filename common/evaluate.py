@@ -21,22 +21,27 @@ from common.train import LocalData
 def item_matrix(model: RecModel, cat: Catalogue, *, batch: int = 512) -> torch.Tensor:
     """``[n_items, D]`` item vectors under the current adapter (one pass over the catalogue)."""
     model.eval()
-    out = [model.encode_items(torch.arange(s, min(s + batch, cat.n_items)), cat)
-           for s in range(0, cat.n_items, batch)]
+    out = [
+        model.encode_items(torch.arange(s, min(s + batch, cat.n_items)), cat)
+        for s in range(0, cat.n_items, batch)
+    ]
     return torch.cat(out)
 
 
 def eval_histories(data: LocalData, which: str) -> tuple[list[np.ndarray], np.ndarray]:
     """Known items (history and exclusion set) and target per user for `which`.
 
-    The protocol of the design's reference figures: the model and the baselines see the
-    train items only (all but the last two interactions); ``valid`` targets the second to
-    last item, ``test`` the last; in both cases train items are the history and are
-    excluded from the ranking, and the other held-out item is neither.
+    Leave-one-out as in the sequential-recommendation literature: ``valid`` targets the
+    second-to-last item with the train items known; ``test`` targets the last item with every
+    earlier interaction known (train + validation item). Known items are the history and are
+    excluded from the ranking. Models are trained on train items only; every method (model
+    and baselines) scores from the same known items.
     """
-    if which not in ("valid", "test"):
-        raise ValueError(f"`which` must be 'valid' or 'test', got {which!r}")
-    return [np.asarray(t) for t in data.train], (data.valid if which == "valid" else data.test)
+    if which == "valid":
+        return [np.asarray(t) for t in data.train], data.valid
+    if which == "test":
+        return [np.append(t, v) for t, v in zip(data.train, data.valid, strict=True)], data.test
+    raise ValueError(f"`which` must be 'valid' or 'test', got {which!r}")
 
 
 def _cached_items(model: RecModel, cat: Catalogue, path: Path) -> torch.Tensor:
@@ -55,8 +60,9 @@ def _cached_items(model: RecModel, cat: Catalogue, path: Path) -> torch.Tensor:
 ScoreFn = Callable[[np.ndarray, list[np.ndarray]], np.ndarray]
 
 
-def model_score_fn(model: RecModel, cat: Catalogue, *, history_len: int,
-                   cache: Path | None = None) -> ScoreFn:
+def model_score_fn(
+    model: RecModel, cat: Catalogue, *, history_len: int, cache: Path | None = None
+) -> ScoreFn:
     """A function (local user rows, their known items) -> ``[B, n_items]`` scores.
 
     With `cache`, the item matrix is read from / written to that file (under a file lock,
@@ -72,20 +78,29 @@ def model_score_fn(model: RecModel, cat: Catalogue, *, history_len: int,
         for j, k in enumerate(known):
             h = k[-history_len:]
             if len(h):
-                hist[j, history_len - len(h):] = h
-                mask[j, history_len - len(h):] = 1
+                hist[j, history_len - len(h) :] = h
+                mask[j, history_len - len(h) :] = 1
         dev = model.device
-        users = model.encode_users(torch.from_numpy(hist).to(dev), torch.from_numpy(mask).to(dev),
-                                   cat)
+        users = model.encode_users(
+            torch.from_numpy(hist).to(dev), torch.from_numpy(mask).to(dev), cat
+        )
         s = users @ items.T / model.cfg.temperature + prior
         return s.float().cpu().numpy()
 
     return score
 
 
-def evaluate_scores(score: ScoreFn, data: LocalData, n_items: int, *, which: str = "test",
-                    evaluator: RankingEvaluator | None = None, chunk: int = 256,
-                    max_users: int = 0, seed: int = 0) -> RankingEvaluator:
+def evaluate_scores(
+    score: ScoreFn,
+    data: LocalData,
+    n_items: int,
+    *,
+    which: str = "test",
+    evaluator: RankingEvaluator | None = None,
+    chunk: int = 256,
+    max_users: int = 0,
+    seed: int = 0,
+) -> RankingEvaluator:
     """Rank the whole catalogue for each user of `data`; accumulate into `evaluator`."""
     known, targets = eval_histories(data, which)
     ev = evaluator or RankingEvaluator(n_items, seed=seed)
@@ -93,7 +108,7 @@ def evaluate_scores(score: ScoreFn, data: LocalData, n_items: int, *, which: str
     if max_users and max_users < len(rows):
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_users, replace=False))
     for s in range(0, len(rows), chunk):
-        r = rows[s:s + chunk]
+        r = rows[s : s + chunk]
         kn = [known[i] for i in r]
         ev.add(data.users[r], score(r, kn), targets[r], kn)
     return ev

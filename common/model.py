@@ -30,20 +30,30 @@ class RecModel(nn.Module):
     Trainable: LoRA tensors (only B under FFA-LoRA) and the small head; never the backbone.
     """
 
-    def __init__(self, cfg: ModelConfig, *, n_items: int, history_len: int,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        n_items: int,
+        history_len: int,
+        device: str | torch.device = "cpu",
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         bert = load_backbone(cfg.backbone).to(device)  # move before get_peft_model (pitfall)
         n_layers = bert.config.num_hidden_layers
         if cfg.lora.layers > n_layers:
-            raise ValueError(f"`model.lora.layers` = {cfg.lora.layers} exceeds the backbone's "
-                             f"{n_layers} layers.")
+            raise ValueError(
+                f"`model.lora.layers` = {cfg.lora.layers} exceeds the backbone's {n_layers} layers."
+            )
         self.n_lower = n_layers - cfg.lora.layers
         peft_cfg = PeftLoraConfig(
-            r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
+            r=cfg.lora.rank,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=0.0,
             target_modules=cfg.lora.target_modules,
-            layers_to_transform=list(range(self.n_lower, n_layers)), layers_pattern="layer",
+            layers_to_transform=list(range(self.n_lower, n_layers)),
+            layers_pattern="layer",
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(LORA_SEED)
@@ -77,7 +87,7 @@ class RecModel(nn.Module):
 
     def top_layers(self) -> nn.ModuleList:
         """The adapted backbone layers that run per step."""
-        return self.bert.base_model.model.encoder.layer[self.n_lower:]  # type: ignore[no-any-return]
+        return self.bert.base_model.model.encoder.layer[self.n_lower :]  # type: ignore[no-any-return]
 
     def encode_items(self, items: torch.Tensor, cat: Catalogue) -> torch.Tensor:
         """``[M]`` item indices -> ``[M, D]`` normalised item vectors (grad through LoRA)."""
@@ -97,8 +107,9 @@ class RecModel(nn.Module):
             hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
         return nn.functional.normalize(self.item_proj(mean_pool(hidden, mask)), dim=-1)
 
-    def encode_users(self, hist: torch.Tensor, hist_mask: torch.Tensor,
-                     cat: Catalogue) -> torch.Tensor:
+    def encode_users(
+        self, hist: torch.Tensor, hist_mask: torch.Tensor, cat: Catalogue
+    ) -> torch.Tensor:
         """``[B, T]`` history item indices (left-padded, mask 1 = real) -> ``[B, D]``."""
         x = self.user_proj(cat.frozen[hist.cpu()].to(self.device))
         pos = torch.arange(hist.shape[1], device=self.device).expand_as(hist)
@@ -108,8 +119,9 @@ class RecModel(nn.Module):
         user = (w.unsqueeze(-1) * x).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-9)
         return nn.functional.normalize(user, dim=-1)
 
-    def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor, cands: torch.Tensor,
-                cat: Catalogue) -> torch.Tensor:
+    def forward(
+        self, hist: torch.Tensor, hist_mask: torch.Tensor, cands: torch.Tensor, cat: Catalogue
+    ) -> torch.Tensor:
         """Scores ``[B, K]`` of each user's K candidate items.
 
         The item tower runs on the flattened ``[B*K]`` candidates; `train.regroup_grad_samples`
@@ -151,8 +163,10 @@ def load_trainable_state(model: RecModel, state: dict[str, np.ndarray]) -> None:
         raise ValueError(f"state names do not match the model: missing {missing}, extra {extra}")
     for name, value in state.items():
         if tuple(value.shape) != tuple(expected[name].shape):
-            raise ValueError(f"state `{name}` has shape {tuple(value.shape)}, expected "
-                             f"{tuple(expected[name].shape)}")
+            raise ValueError(
+                f"state `{name}` has shape {tuple(value.shape)}, expected "
+                f"{tuple(expected[name].shape)}"
+            )
     lora = {k[5:]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith("lora.")}
     result = set_peft_model_state_dict(model.bert, lora)
     bad = [k for k in result.unexpected_keys if "lora" in k]
@@ -170,14 +184,18 @@ def save_adapter(model: RecModel, folder: str | Path) -> Path:
     """Save the adapter in PEFT's format (`save_pretrained`) plus the head beside it."""
     folder = Path(folder)
     model.bert.save_pretrained(folder)
-    head = {k: torch.from_numpy(np.array(v)) for k, v in trainable_state(model).items()
-            if not k.startswith("lora.")}
+    head = {
+        k: torch.from_numpy(np.array(v))
+        for k, v in trainable_state(model).items()
+        if not k.startswith("lora.")
+    }
     save_file(head, str(folder / HEAD_FILE))
     return folder
 
 
-def load_adapter(cfg: ModelConfig, folder: str | Path, *, n_items: int, history_len: int,
-                 device: str = "cpu") -> RecModel:
+def load_adapter(
+    cfg: ModelConfig, folder: str | Path, *, n_items: int, history_len: int, device: str = "cpu"
+) -> RecModel:
     """Rebuild a model and load an adapter saved by `save_adapter` (via `PeftModel`)."""
     folder = Path(folder)
     model = RecModel(cfg, n_items=n_items, history_len=history_len, device=device)

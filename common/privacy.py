@@ -1,4 +1,4 @@
-"""Privacy accounting: noise calibration, a persistent per-client ledger, the DP popularity prior."""
+"""Privacy accounting: noise calibration, a persistent per-client ledger, the DP prior."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def calibrate_noise(
     accountant: str = "prv",
     tolerance: float = 0.01,
 ) -> float:
-    """Smallest noise multiplier whose `steps` at `sample_rate`, after `prior_events`, stay <= target.
+    """Smallest noise multiplier whose `steps` at `sample_rate` after `prior_events` stay <= target.
 
     Binary search over sigma with Opacus' accountant (the same one the ledger uses), so the
     planned run ends at most `tolerance` below `target_epsilon` and never above it.
@@ -70,8 +70,9 @@ def calibrate_noise(
         raise ValueError(f"`steps` must be >= 1, got {steps}.")
 
     def eps(sigma: float) -> float:
-        return epsilon_of([*prior_events, (sigma, sample_rate, steps)], delta=delta,
-                          accountant=accountant)
+        return epsilon_of(
+            [*prior_events, (sigma, sample_rate, steps)], delta=delta, accountant=accountant
+        )
 
     if epsilon_of(prior_events, delta=delta, accountant=accountant) >= target_epsilon:
         raise PrivacyError(
@@ -93,8 +94,9 @@ def calibrate_noise(
 
 def gaussian_sigma_for(epsilon: float, *, delta: float, accountant: str = "prv") -> float:
     """Noise multiplier of a single full-participation Gaussian release with the given budget."""
-    return calibrate_noise(target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=1,
-                           accountant=accountant)
+    return calibrate_noise(
+        target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=1, accountant=accountant
+    )
 
 
 @dataclass
@@ -119,8 +121,9 @@ class Ledger:
 
     def epsilon(self, extra: Sequence[Event] = (), *, accountant: str | None = None) -> float:
         """Cumulative epsilon, optionally including `extra` planned events."""
-        return epsilon_of([*self.events, *extra], delta=self.delta,
-                          accountant=accountant or self.accountant)
+        return epsilon_of(
+            [*self.events, *extra], delta=self.delta, accountant=accountant or self.accountant
+        )
 
     def would_exceed(self, extra: Sequence[Event]) -> bool:
         """Whether running `extra` would take epsilon above the budget."""
@@ -129,10 +132,13 @@ class Ledger:
     def record(self, server_round: int, kind: str, events: Sequence[Event]) -> float:
         """Append the events of one round, persist, and return the new cumulative epsilon."""
         if any(r["round"] == server_round and r["kind"] == kind for r in self.rounds):
-            raise PrivacyError(f"round {server_round} ({kind}) is already in the ledger {self.path}")
+            raise PrivacyError(
+                f"round {server_round} ({kind}) is already in the ledger {self.path}"
+            )
         for sigma, q, steps in events:
-            self.rounds.append({"round": server_round, "kind": kind, "sigma": sigma, "q": q,
-                                "steps": steps})
+            self.rounds.append(
+                {"round": server_round, "kind": kind, "sigma": sigma, "q": q, "steps": steps}
+            )
         eps = self.epsilon()
         if self.rounds:
             self.rounds[-1]["epsilon"] = eps
@@ -145,9 +151,14 @@ class Ledger:
 
     def to_json(self) -> dict[str, object]:
         """Serialisable form."""
-        return {"budget_epsilon": self.budget_epsilon, "delta": self.delta,
-                "accountant": self.accountant, "rounds": self.rounds,
-                "unit": "user", "epsilon": self.epsilon()}
+        return {
+            "budget_epsilon": self.budget_epsilon,
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "rounds": self.rounds,
+            "unit": "user",
+            "epsilon": self.epsilon(),
+        }
 
     def save(self) -> None:
         """Write atomically (no-op for an in-memory ledger)."""
@@ -163,8 +174,9 @@ class Ledger:
             os.replace(tmp, self.path)
 
     @classmethod
-    def open(cls, path: Path | None, *, budget_epsilon: float, delta: float,
-             accountant: str = "prv") -> Ledger:
+    def open(
+        cls, path: Path | None, *, budget_epsilon: float, delta: float, accountant: str = "prv"
+    ) -> Ledger:
         """Load the ledger at `path` (or start one); refuse a corrupt or mismatching file."""
         if path is None or not path.exists():
             return cls(budget_epsilon, delta, accountant, [], path)

@@ -30,7 +30,7 @@ def to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
 
 def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     """ArrayRecord -> named numpy arrays."""
-    return {k: record[k].numpy() for k in record.keys()}
+    return {k: record[k].numpy() for k in record}
 
 
 def state_digest(state: dict[str, np.ndarray]) -> str:
@@ -53,9 +53,7 @@ def metric_record(values: dict[str, float | int | list[float]]) -> MetricRecord:
     for k, v in values.items():
         if isinstance(v, list):
             out[k] = [float(x) for x in v]
-        elif isinstance(v, bool | np.bool_):
-            out[k] = int(v)
-        elif isinstance(v, int | np.integer):
+        elif isinstance(v, (bool | np.bool_, int | np.integer)):
             out[k] = int(v)
         else:
             out[k] = float(v)

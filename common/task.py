@@ -33,8 +33,12 @@ class Corpus:
     def local(self, users: np.ndarray) -> LocalData:
         """The `LocalData` of the given global user indices."""
         users = np.asarray(users, dtype=np.int64)
-        return LocalData(users, [self.split.train[u] for u in users], self.split.valid[users],
-                         self.split.test[users])
+        return LocalData(
+            users,
+            [self.split.train[u] for u in users],
+            self.split.valid[users],
+            self.split.test[users],
+        )
 
     def everyone(self) -> LocalData:
         """All users (the central setting)."""
@@ -47,27 +51,36 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     kwargs: dict[str, object] = {}
     if cfg.dataset == "synthetic":
         kwargs = {"n_users": cfg.synthetic_users, "n_items": cfg.synthetic_items}
-    data = load_dataset(cfg.dataset, cfg.dir or None, min_interactions=cfg.min_interactions,
-                        **kwargs)
+    data = load_dataset(
+        cfg.dataset, cfg.dir or None, min_interactions=cfg.min_interactions, **kwargs
+    )
     return Corpus(data, leave_one_out(data, cold_start_share=cfg.cold_start_share))
 
 
-def client_users(cfg: DataConfig, corpus: Corpus, partition_id: int, num_partitions: int,
-                 seed: int) -> np.ndarray:
+def client_users(
+    cfg: DataConfig, corpus: Corpus, partition_id: int, num_partitions: int, seed: int
+) -> np.ndarray:
     """Global user indices of simulated client `partition_id` under `data.partitioning`."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} out of range [0, {num_partitions})")
     labels = None
     if cfg.partitioning == "dirichlet":
         labels = dominant_genre(corpus.data, corpus.split)
-    parts = _partition(corpus.data.n_users, num_partitions, cfg.partitioning, seed,
-                       cfg.dirichlet_alpha, None if labels is None else tuple(labels.tolist()))
+    parts = _partition(
+        corpus.data.n_users,
+        num_partitions,
+        cfg.partitioning,
+        seed,
+        cfg.dirichlet_alpha,
+        None if labels is None else tuple(labels.tolist()),
+    )
     return parts[partition_id]
 
 
 @functools.lru_cache(maxsize=8)
-def _partition(n_users: int, n_clients: int, mode: str, seed: int, alpha: float,
-               labels: tuple[int, ...] | None) -> list[np.ndarray]:
+def _partition(
+    n_users: int, n_clients: int, mode: str, seed: int, alpha: float, labels: tuple[int, ...] | None
+) -> list[np.ndarray]:
     lab = None if labels is None else np.asarray(labels)
     return partition_users(n_users, n_clients, mode=mode, seed=seed, alpha=alpha, labels=lab)
 
@@ -75,24 +88,31 @@ def _partition(n_users: int, n_clients: int, mode: str, seed: int, alpha: float,
 @functools.lru_cache(maxsize=2)
 def load_catalogue(cfg: ModelConfig, texts: tuple[str, ...], n_layers: int) -> Catalogue:
     """Tokenised catalogue and frozen-backbone caches (disk cache shared across processes)."""
-    return build_catalogue(list(texts), backbone=cfg.backbone, max_tokens=cfg.max_tokens,
-                           n_lower=n_layers - cfg.lora.layers,
-                           cache_lower=cfg.cache_lower_layers, cache_dir=cfg.cache_dir or None,
-                           device=device())
+    return build_catalogue(
+        list(texts),
+        backbone=cfg.backbone,
+        max_tokens=cfg.max_tokens,
+        n_lower=n_layers - cfg.lora.layers,
+        cache_lower=cfg.cache_lower_layers,
+        cache_dir=cfg.cache_dir or None,
+        device=device(),
+    )
 
 
 def setup(cfg: RunConfig) -> tuple[Corpus, Catalogue, RecModel]:
     """Corpus, catalogue and a fresh model for `cfg`."""
     corpus = load_corpus(cfg.data)
-    model = RecModel(cfg.model, n_items=corpus.data.n_items, history_len=cfg.data.history_len,
-                     device=device())
+    model = RecModel(
+        cfg.model, n_items=corpus.data.n_items, history_len=cfg.data.history_len, device=device()
+    )
     n_layers = model.n_lower + cfg.model.lora.layers
     cat = load_catalogue(cfg.model, corpus.data.item_texts, n_layers)
     return corpus, cat, model
 
 
-def local_histogram(local: LocalData, n_items: int, *, recent: int, sigma: float,
-                    seed: int) -> np.ndarray:
+def local_histogram(
+    local: LocalData, n_items: int, *, recent: int, sigma: float, seed: int
+) -> np.ndarray:
     """This party's popularity histogram, with Gaussian noise ``sigma`` (sensitivity 1) if > 0.
 
     Each user's recent items form a unit-norm vector (`user_histogram`), so adding

@@ -46,8 +46,16 @@ class Batch:
     target_mask: torch.Tensor  # [B, T]: 1 where the target slot is real
 
 
-def make_batch(data: LocalData, rows: np.ndarray, *, history_len: int, targets: int,
-               negatives: int, n_items: int, rng: np.random.Generator) -> Batch:
+def make_batch(
+    data: LocalData,
+    rows: np.ndarray,
+    *,
+    history_len: int,
+    targets: int,
+    negatives: int,
+    n_items: int,
+    rng: np.random.Generator,
+) -> Batch:
     """One example per user: a random cut, the items before it (history), the next T (targets).
 
     Negatives are drawn uniformly from the public catalogue for each user alone (never other
@@ -61,20 +69,24 @@ def make_batch(data: LocalData, rows: np.ndarray, *, history_len: int, targets: 
     for j, row in enumerate(rows):
         seq = data.train[row]
         cut = int(rng.integers(1, len(seq)))
-        h = seq[max(0, cut - history_len):cut]
-        hist[j, history_len - len(h):] = h
-        hmask[j, history_len - len(h):] = 1
-        t = seq[cut:cut + targets]
-        cands[j, :len(t)] = t
-        tmask[j, :len(t)] = 1
+        h = seq[max(0, cut - history_len) : cut]
+        hist[j, history_len - len(h) :] = h
+        hmask[j, history_len - len(h) :] = 1
+        t = seq[cut : cut + targets]
+        cands[j, : len(t)] = t
+        tmask[j, : len(t)] = 1
         neg = rng.integers(0, n_items, negatives)
         clash = np.isin(neg, t)
         while clash.any():
             neg[clash] = rng.integers(0, n_items, int(clash.sum()))
             clash = np.isin(neg, t)
         cands[j, targets:] = neg
-    return Batch(torch.from_numpy(hist), torch.from_numpy(hmask), torch.from_numpy(cands),
-                 torch.from_numpy(tmask))
+    return Batch(
+        torch.from_numpy(hist),
+        torch.from_numpy(hmask),
+        torch.from_numpy(cands),
+        torch.from_numpy(tmask),
+    )
 
 
 def per_user_loss(scores: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
@@ -121,8 +133,9 @@ class DPPlan:
         return [(self.prior_sigma, 1.0, 1)] if self.prior_sigma > 0 else []
 
 
-def plan_dp(dp: DPConfig, train: TrainConfig, *, n_users: int, rounds: int,
-            use_prior: bool) -> DPPlan:
+def plan_dp(
+    dp: DPConfig, train: TrainConfig, *, n_users: int, rounds: int, use_prior: bool
+) -> DPPlan:
     """Calibrate noise so that the prior release plus `rounds` rounds end at `dp.epsilon`."""
     if n_users < 1:
         raise ValueError("cannot plan DP-SGD for a client with no trainable users")
@@ -131,15 +144,21 @@ def plan_dp(dp: DPConfig, train: TrainConfig, *, n_users: int, rounds: int,
     steps = max(1, math.ceil(train.epochs / q))
     prior_sigma = 0.0
     if use_prior and dp.prior_share > 0:
-        prior_sigma = gaussian_sigma_for(dp.prior_share * dp.epsilon, delta=delta,
-                                         accountant=dp.accountant)
+        prior_sigma = gaussian_sigma_for(
+            dp.prior_share * dp.epsilon, delta=delta, accountant=dp.accountant
+        )
     prior_events = [(prior_sigma, 1.0, 1)] if prior_sigma else []
     if dp.noise_multiplier > 0:
         sigma = dp.noise_multiplier
     else:
-        sigma = calibrate_noise(target_epsilon=dp.epsilon, delta=delta, sample_rate=q,
-                                steps=steps * rounds, prior_events=prior_events,
-                                accountant=dp.accountant)
+        sigma = calibrate_noise(
+            target_epsilon=dp.epsilon,
+            delta=delta,
+            sample_rate=q,
+            steps=steps * rounds,
+            prior_events=prior_events,
+            accountant=dp.accountant,
+        )
     return DPPlan(sigma, q, steps, prior_sigma, delta)
 
 
@@ -153,10 +172,20 @@ class TrainStats:
     wall_s: float
 
 
-def train(model: RecModel, cat: Catalogue, data: LocalData, cfg: TrainConfig, *,
-          history_len: int, plan: DPPlan | None, clip: float, seed: int,
-          proximal_mu: float = 0.0, anchor: dict[str, np.ndarray] | None = None,
-          progress: Callable[[int, int, float], None] | None = None) -> TrainStats:
+def train(
+    model: RecModel,
+    cat: Catalogue,
+    data: LocalData,
+    cfg: TrainConfig,
+    *,
+    history_len: int,
+    plan: DPPlan | None,
+    clip: float,
+    seed: int,
+    proximal_mu: float = 0.0,
+    anchor: dict[str, np.ndarray] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> TrainStats:
     """Train `model` in place on `data`; DP-SGD (one Opacus sample = one user) if `plan`.
 
     With a plan: Poisson sampling at ``plan.sample_rate`` for ``plan.steps_per_round`` steps,
@@ -178,19 +207,29 @@ def train(model: RecModel, cat: Catalogue, data: LocalData, cfg: TrainConfig, *,
     gsm: GradSampleModule | None = None
     if plan is not None:
         gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-        opt = DPOptimizer(opt, noise_multiplier=plan.sigma, max_grad_norm=clip,
-                          expected_batch_size=max(1, round(plan.sample_rate * n)),
-                          loss_reduction="mean", generator=gen)
+        opt = DPOptimizer(
+            opt,
+            noise_multiplier=plan.sigma,
+            max_grad_norm=clip,
+            expected_batch_size=max(1, round(plan.sample_rate * n)),
+            loss_reduction="mean",
+            generator=gen,
+        )
         sampler: list[np.ndarray] = [
-            np.asarray(b, dtype=np.int64) for b in UniformWithReplacementSampler(
-                num_samples=n, sample_rate=plan.sample_rate, generator=gen,
-                steps=plan.steps_per_round)
+            np.asarray(b, dtype=np.int64)
+            for b in UniformWithReplacementSampler(
+                num_samples=n,
+                sample_rate=plan.sample_rate,
+                generator=gen,
+                steps=plan.steps_per_round,
+            )
         ]
     else:
         steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_users))
-        order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(steps *
-                               cfg.batch_users / n) + 1)])
-        sampler = [order[i * cfg.batch_users:(i + 1) * cfg.batch_users] for i in range(steps)]
+        order = np.concatenate(
+            [rng.permutation(n) for _ in range(math.ceil(steps * cfg.batch_users / n) + 1)]
+        )
+        sampler = [order[i * cfg.batch_users : (i + 1) * cfg.batch_users] for i in range(steps)]
     total_loss, seen = 0.0, 0
     try:
         for step, local in enumerate(sampler):
@@ -200,12 +239,19 @@ def train(model: RecModel, cat: Catalogue, data: LocalData, cfg: TrainConfig, *,
                 for p in params:
                     p.grad_sample = torch.zeros((0, *p.shape), device=p.device)
             else:
-                batch = make_batch(data, rows[local], history_len=history_len,
-                                   targets=cfg.targets_per_user, negatives=cfg.negatives,
-                                   n_items=cat.n_items, rng=rng)
+                batch = make_batch(
+                    data,
+                    rows[local],
+                    history_len=history_len,
+                    targets=cfg.targets_per_user,
+                    negatives=cfg.negatives,
+                    n_items=cat.n_items,
+                    rng=rng,
+                )
                 dev = model.device
-                scores = model(batch.hist.to(dev), batch.hist_mask.to(dev),
-                               batch.cands.to(dev), cat)
+                scores = model(
+                    batch.hist.to(dev), batch.hist_mask.to(dev), batch.cands.to(dev), cat
+                )
                 losses = per_user_loss(scores, batch.target_mask.to(dev))
                 (losses.sum() if plan is not None else losses.mean()).backward()
                 if plan is not None:
@@ -233,7 +279,7 @@ def _proximal_step(model: RecModel, anchor: dict[str, np.ndarray], rate: float) 
 
     current = trainable_state(model)
     named = dict(model.named_parameters())
-    for key, value in current.items():
+    for key, _value in current.items():
         if not key.startswith("head."):
             continue
         p = named[key[5:]]
@@ -242,6 +288,7 @@ def _proximal_step(model: RecModel, anchor: dict[str, np.ndarray], rate: float) 
         if not p.requires_grad:
             continue
         for key in anchor:
-            if key.startswith("lora.") and name.endswith(key[5:].replace(".weight",
-                                                                         ".default.weight")):
+            if key.startswith("lora.") and name.endswith(
+                key[5:].replace(".weight", ".default.weight")
+            ):
                 p.sub_(rate * (p - torch.from_numpy(anchor[key]).to(p.device)))

@@ -24,8 +24,9 @@ class Checkpoint:
         self.dir = out / "checkpoint"
         self.config = {k: v for k, v in cfg.flat().items() if k not in _RESUMABLE}
 
-    def load(self, initial: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
-                                                           list[dict[str, Any]], int]:
+    def load(
+        self, initial: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], int]:
         """(state, history, first round to run); the initial state when nothing is saved."""
         meta_f = self.dir / "meta.json"
         if not meta_f.exists():
@@ -35,13 +36,17 @@ class Checkpoint:
             with np.load(self.dir / meta["state"]) as z:
                 state = {k: z[k] for k in z.files}
         except (OSError, ValueError, KeyError) as exc:
-            raise RuntimeError(f"checkpoint {self.dir} is unreadable ({exc}); move it away to "
-                               "start from scratch") from exc
+            raise RuntimeError(
+                f"checkpoint {self.dir} is unreadable ({exc}); move it away to start from scratch"
+            ) from exc
         if meta["config"] != _jsonable(self.config):
-            diff = sorted(k for k in self.config
-                          if meta["config"].get(k) != _jsonable(self.config)[k])
-            raise RuntimeError(f"checkpoint {self.dir} belongs to a run with a different config "
-                               f"(keys {diff}); use another fed.out-dir")
+            diff = sorted(
+                k for k in self.config if meta["config"].get(k) != _jsonable(self.config)[k]
+            )
+            raise RuntimeError(
+                f"checkpoint {self.dir} belongs to a run with a different config "
+                f"(keys {diff}); use another fed.out-dir"
+            )
         if set(state) != set(initial):
             raise RuntimeError(f"checkpoint {self.dir} does not match the model's arrays")
         return state, list(meta["history"]), int(meta["round"]) + 1
@@ -54,14 +59,21 @@ class Checkpoint:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **state)
         os.replace(tmp, self.dir / name)
-        write_json_atomic(self.dir / "meta.json", {"round": rnd, "state": name,
-                                                   "config": _jsonable(self.config),
-                                                   "history": history})
+        write_json_atomic(
+            self.dir / "meta.json",
+            {"round": rnd, "state": name, "config": _jsonable(self.config), "history": history},
+        )
         for old in self.dir.glob("state-*.npz"):
             if old.name != name:
                 old.unlink(missing_ok=True)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps({k: (str(v) if isinstance(v, float) and not np.isfinite(v)
-                                      else v) for k, v in d.items()}))
+    return json.loads(
+        json.dumps(
+            {
+                k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v)
+                for k, v in d.items()
+            }
+        )
+    )

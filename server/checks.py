@@ -10,8 +10,9 @@ from common.config import RunConfig
 from common.model import PRIOR_KEY
 
 
-def check_update(reply: Message, global_state: dict[str, np.ndarray], cfg: RunConfig, *,
-                 prior_round: bool) -> str | None:
+def check_update(
+    reply: Message, global_state: dict[str, np.ndarray], cfg: RunConfig, *, prior_round: bool
+) -> str | None:
     """Return why `reply` must be dropped, or None if it is a well-formed, bounded update.
 
     Checks: an ArrayRecord and a positive example count are present; names, shapes and dtypes
@@ -27,8 +28,10 @@ def check_update(reply: Message, global_state: dict[str, np.ndarray], cfg: RunCo
         return f"`{R.NUM_EXAMPLES}` missing or not positive ({n!r})"
     names = set(rec.keys())
     if names != set(global_state):
-        return (f"array names differ: missing {sorted(set(global_state) - names)}, "
-                f"extra {sorted(names - set(global_state))}")
+        return (
+            f"array names differ: missing {sorted(set(global_state) - names)}, "
+            f"extra {sorted(names - set(global_state))}"
+        )
     sq = 0.0
     for name, ref in global_state.items():
         arr = rec[name].numpy()

@@ -16,8 +16,8 @@ from flwr.serverapp.strategy import Strategy
 from common import records as R
 from common.config import RunConfig
 from common.privacy import calibrate_noise, epsilon_of
-from server.checks import check_update
 from server.checkpoint import Checkpoint
+from server.checks import check_update
 from server.report import aggregate_eval, finish_run
 from server.strategies import clients_per_round, create_strategy
 
@@ -32,8 +32,9 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0) -> list[int]:
         if len(nodes) >= n:
             return nodes
         if time.time() - t0 > timeout:
-            raise RuntimeError(f"only {len(nodes)} of {n} required nodes connected "
-                               f"after {timeout:.0f}s")
+            raise RuntimeError(
+                f"only {len(nodes)} of {n} required nodes connected after {timeout:.0f}s"
+            )
         time.sleep(1.0)
 
 
@@ -45,14 +46,25 @@ def central_sigma(cfg: RunConfig, n_clients: int) -> tuple[float, float, float]:
         return 0.0, q, delta
     if cfg.fed.central_noise > 0:
         return cfg.fed.central_noise, q, delta
-    sigma = calibrate_noise(target_epsilon=cfg.dp.epsilon, delta=delta, sample_rate=q,
-                            steps=cfg.fed.rounds, accountant=cfg.dp.accountant)
+    sigma = calibrate_noise(
+        target_epsilon=cfg.dp.epsilon,
+        delta=delta,
+        sample_rate=q,
+        steps=cfg.fed.rounds,
+        accountant=cfg.dp.accountant,
+    )
     return sigma, q, delta
 
 
-def run_federation(grid: Grid, cfg: RunConfig, initial: dict[str, np.ndarray],
-                   out: Path, *, save_adapter_fn: Any = None,
-                   baselines_fn: Any = None) -> dict[str, Any]:
+def run_federation(
+    grid: Grid,
+    cfg: RunConfig,
+    initial: dict[str, np.ndarray],
+    out: Path,
+    *,
+    save_adapter_fn: Any = None,
+    baselines_fn: Any = None,
+) -> dict[str, Any]:
     """Run (or resume) `fed.rounds` rounds; return the final results dictionary."""
     nodes = wait_for_nodes(grid, cfg.fed.min_clients)
     n_clients = len(nodes)
@@ -66,10 +78,13 @@ def run_federation(grid: Grid, cfg: RunConfig, initial: dict[str, np.ndarray],
     status = "completed"
     for rnd in range(start, cfg.fed.rounds + 1):
         t0 = time.perf_counter()
-        config = ConfigRecord({
-            R.ROUND: rnd, R.COLLECT_PRIOR: rnd == 1 and cfg.model.prior and cfg.dp.mode != "central",
-            R.PROXIMAL_MU: cfg.fed.proximal_mu if cfg.fed.strategy == "fedprox" else 0.0,
-        })
+        config = ConfigRecord(
+            {
+                R.ROUND: rnd,
+                R.COLLECT_PRIOR: rnd == 1 and cfg.model.prior and cfg.dp.mode != "central",
+                R.PROXIMAL_MU: cfg.fed.proximal_mu if cfg.fed.strategy == "fedprox" else 0.0,
+            }
+        )
         record = R.to_record(arrays)
         msgs = list(strategy.configure_train(rnd, record, config, grid))
         replies = list(grid.send_and_receive(msgs, timeout=cfg.fed.round_timeout))
@@ -81,15 +96,17 @@ def run_federation(grid: Grid, cfg: RunConfig, initial: dict[str, np.ndarray],
             elif reply.content.metric_records.get(R.METRICS, {}).get(R.DECLINED, 0):
                 row["dropped"] = "declined (privacy budget)"
             else:
-                problem = check_update(reply, arrays, cfg, prior_round=bool(
-                    config[R.COLLECT_PRIOR]))
+                problem = check_update(
+                    reply, arrays, cfg, prior_round=bool(config[R.COLLECT_PRIOR])
+                )
                 if problem:
                     row["dropped"] = problem
                 else:
                     good.append(reply)
             if "dropped" in row:
-                log.warning("round %d: dropping reply from node %s: %s", rnd, row["node"],
-                            row["dropped"])
+                log.warning(
+                    "round %d: dropping reply from node %s: %s", rnd, row["node"], row["dropped"]
+                )
             row["bytes_down"] = R.state_bytes(arrays)
             clients.append(row)
         if len(good) < min(cfg.fed.min_clients, len(msgs)) or not good:
@@ -102,29 +119,55 @@ def run_federation(grid: Grid, cfg: RunConfig, initial: dict[str, np.ndarray],
             status = f"stopped at round {rnd}: aggregation failed"
             break
         arrays = R.from_record(new)
-        eval_msgs = list(strategy.configure_evaluate(
-            rnd, new, ConfigRecord({R.EVAL_SPLIT: "test", R.PER_USER: cfg.fed.per_user_metrics}),
-            grid))
-        ev_replies = [r for r in grid.send_and_receive(eval_msgs, timeout=cfg.fed.round_timeout)
-                      if not r.has_error()]
+        eval_msgs = list(
+            strategy.configure_evaluate(
+                rnd,
+                new,
+                ConfigRecord({R.EVAL_SPLIT: "test", R.PER_USER: cfg.fed.per_user_metrics}),
+                grid,
+            )
+        )
+        ev_replies = [
+            r
+            for r in grid.send_and_receive(eval_msgs, timeout=cfg.fed.round_timeout)
+            if not r.has_error()
+        ]
         evaluation = aggregate_eval(ev_replies)
         events = [(sigma, q, 1)] * rnd if sigma > 0 else []
         row_out: dict[str, Any] = {
-            "round": rnd, "wall_s": time.perf_counter() - t0, "clients": clients,
-            "n_aggregated": len(good), "train": dict(train_metrics or {}), "eval": evaluation,
+            "round": rnd,
+            "wall_s": time.perf_counter() - t0,
+            "clients": clients,
+            "n_aggregated": len(good),
+            "train": dict(train_metrics or {}),
+            "eval": evaluation,
         }
         if cfg.dp.mode == "central":
-            row_out["central_epsilon"] = epsilon_of(events, delta=delta,
-                                                    accountant=cfg.dp.accountant)
+            row_out["central_epsilon"] = epsilon_of(
+                events, delta=delta, accountant=cfg.dp.accountant
+            )
         history.append(row_out)
         ckpt.save(rnd, arrays, history)
         if save_adapter_fn is not None:
             save_adapter_fn(arrays, out / "adapter")
-        log.info("round %d done in %.1fs: HR@10 %.4f NDCG@10 %.4f", rnd, row_out["wall_s"],
-                 evaluation.get("hr@10", math.nan), evaluation.get("ndcg@10", math.nan))
+        log.info(
+            "round %d done in %.1fs: HR@10 %.4f NDCG@10 %.4f",
+            rnd,
+            row_out["wall_s"],
+            evaluation.get("hr@10", math.nan),
+            evaluation.get("ndcg@10", math.nan),
+        )
     central = {"sigma": sigma, "q": q, "delta": delta, "rounds": len(history)}
-    return finish_run(cfg, out, history, arrays, status=status, central=central,
-                      wall_s=time.perf_counter() - t_run, baselines_fn=baselines_fn)
+    return finish_run(
+        cfg,
+        out,
+        history,
+        arrays,
+        status=status,
+        central=central,
+        wall_s=time.perf_counter() - t_run,
+        baselines_fn=baselines_fn,
+    )
 
 
 def _client_row(reply: Message) -> dict[str, Any]:

@@ -17,8 +17,11 @@ from simulations.io import write_json_atomic
 
 def aggregate_eval(replies: list[Message]) -> dict[str, Any]:
     """User-weighted mean of scalar metrics; per-user lists concatenated; per-client values."""
-    rows = [r.content.metric_records[R.METRICS] for r in replies
-            if r.has_content() and R.METRICS in r.content.metric_records]
+    rows = [
+        r.content.metric_records[R.METRICS]
+        for r in replies
+        if r.has_content() and R.METRICS in r.content.metric_records
+    ]
     total = sum(float(m.get(R.NUM_EXAMPLES, 0)) for m in rows)
     out: dict[str, Any] = {"n_users": total, "n_clients": len(rows)}
     if not rows or total <= 0:
@@ -26,18 +29,23 @@ def aggregate_eval(replies: list[Message]) -> dict[str, Any]:
     keys = {k for m in rows for k, v in m.items() if not isinstance(v, list)} - {R.NUM_EXAMPLES}
     for k in sorted(keys):
         out[k] = sum(float(m[k]) * float(m[R.NUM_EXAMPLES]) for m in rows if k in m) / total
-    out["per_client"] = {"hr@10": [float(m.get("hr@10", math.nan)) for m in rows],
-                         "ndcg@10": [float(m.get("ndcg@10", math.nan)) for m in rows],
-                         "n_users": [float(m[R.NUM_EXAMPLES]) for m in rows]}
+    out["per_client"] = {
+        "hr@10": [float(m.get("hr@10", math.nan)) for m in rows],
+        "ndcg@10": [float(m.get("ndcg@10", math.nan)) for m in rows],
+        "n_users": [float(m[R.NUM_EXAMPLES]) for m in rows],
+    }
     lists = {k for m in rows for k, v in m.items() if isinstance(v, list)}
     if lists:
-        out["per_user"] = {k[len(R.PER_USER_PREFIX):]: [x for m in rows for x in m.get(k, [])]
-                           for k in sorted(lists)}
+        out["per_user"] = {
+            k[len(R.PER_USER_PREFIX) :]: [x for m in rows for x in m.get(k, [])]
+            for k in sorted(lists)
+        }
     return out
 
 
-def _privacy(cfg: RunConfig, history: list[dict[str, Any]], central: dict[str, Any]
-             ) -> dict[str, Any]:
+def _privacy(
+    cfg: RunConfig, history: list[dict[str, Any]], central: dict[str, Any]
+) -> dict[str, Any]:
     per_client: dict[str, float] = {}
     for row in history:
         for c in row["clients"]:
@@ -46,28 +54,53 @@ def _privacy(cfg: RunConfig, history: list[dict[str, Any]], central: dict[str, A
     if cfg.dp.mode == "local":
         eps = max(per_client.values()) if per_client else 0.0
         deltas = [c["delta"] for row in history for c in row["clients"] if "delta" in c]
-        return {"unit": "user", "mode": "local",
-                "trust_model": "each site is trusted with its own users; the server and other "
-                "sites see only DP-SGD outputs (user-level DP per site)",
-                "epsilon": eps, "target_epsilon": cfg.dp.epsilon,
-                "delta": max(deltas) if deltas else None, "accountant": cfg.dp.accountant,
-                "per_client_epsilon": per_client}
+        return {
+            "unit": "user",
+            "mode": "local",
+            "trust_model": "each site is trusted with its own users; the server and other "
+            "sites see only DP-SGD outputs (user-level DP per site)",
+            "epsilon": eps,
+            "target_epsilon": cfg.dp.epsilon,
+            "delta": max(deltas) if deltas else None,
+            "accountant": cfg.dp.accountant,
+            "per_client_epsilon": per_client,
+        }
     if cfg.dp.mode == "central":
         eps = history[-1].get("central_epsilon", 0.0) if history else 0.0
-        return {"unit": "client (= user with data.partitioning = user)", "mode": "central",
-                "trust_model": "trusted server adds the noise (DP-FedAvg); protects each client "
-                "against anyone who sees the global model, not against the server",
-                "epsilon": eps, "target_epsilon": cfg.dp.epsilon, "delta": central["delta"],
-                "accountant": cfg.dp.accountant, "noise_multiplier": central["sigma"],
-                "sample_rate": central["q"], "clip": cfg.fed.central_clip}
-    return {"unit": "user", "mode": "none", "trust_model": "no formal privacy", "epsilon": math.inf,
-            "delta": None, "accountant": None}
+        return {
+            "unit": "client (= user with data.partitioning = user)",
+            "mode": "central",
+            "trust_model": "trusted server adds the noise (DP-FedAvg); protects each client "
+            "against anyone who sees the global model, not against the server",
+            "epsilon": eps,
+            "target_epsilon": cfg.dp.epsilon,
+            "delta": central["delta"],
+            "accountant": cfg.dp.accountant,
+            "noise_multiplier": central["sigma"],
+            "sample_rate": central["q"],
+            "clip": cfg.fed.central_clip,
+        }
+    return {
+        "unit": "user",
+        "mode": "none",
+        "trust_model": "no formal privacy",
+        "epsilon": math.inf,
+        "delta": None,
+        "accountant": None,
+    }
 
 
-def finish_run(cfg: RunConfig, out: Path, history: list[dict[str, Any]],
-               state: dict[str, np.ndarray], *, status: str, central: dict[str, Any],
-               wall_s: float, baselines_fn: Callable[[], dict[str, Any]] | None
-               ) -> dict[str, Any]:
+def finish_run(
+    cfg: RunConfig,
+    out: Path,
+    history: list[dict[str, Any]],
+    state: dict[str, np.ndarray],
+    *,
+    status: str,
+    central: dict[str, Any],
+    wall_s: float,
+    baselines_fn: Callable[[], dict[str, Any]] | None,
+) -> dict[str, Any]:
     """Write `out/results.json` and `out/metrics.png`; return the results."""
     last = history[-1]["eval"] if history else {}
     metrics = {k: v for k, v in last.items() if k not in ("per_client", "per_user")}
@@ -75,14 +108,23 @@ def finish_run(cfg: RunConfig, out: Path, history: list[dict[str, Any]],
     train_s = sum(float(c.get("train-s", 0)) for r in history for c in r["clients"])
     up = [c.get("bytes_up", 0) for r in history for c in r["clients"] if c.get("bytes_up")]
     results: dict[str, Any] = {
-        "setting": "federated", "status": status, "dataset": cfg.data.dataset,
-        "metrics": metrics, "baselines": baselines_fn() if baselines_fn else {},
+        "setting": "federated",
+        "status": status,
+        "dataset": cfg.data.dataset,
+        "metrics": metrics,
+        "baselines": baselines_fn() if baselines_fn else {},
         "privacy": _privacy(cfg, history, central),
-        "timing": {"wall_s": wall_s, "train_s": train_s,
-                   "train_users_per_s": users / train_s if train_s else 0.0},
-        "communication": {"bytes_down_per_client": R.state_bytes(state),
-                          "bytes_up_per_client_max": max(up) if up else 0},
-        "history": history, "config": cfg.flat(),
+        "timing": {
+            "wall_s": wall_s,
+            "train_s": train_s,
+            "train_users_per_s": users / train_s if train_s else 0.0,
+        },
+        "communication": {
+            "bytes_down_per_client": R.state_bytes(state),
+            "bytes_up_per_client_max": max(up) if up else 0,
+        },
+        "history": history,
+        "config": cfg.flat(),
     }
     write_json_atomic(out / "results.json", results)
     plot_rounds(results, out / "metrics.png")
@@ -99,8 +141,12 @@ def plot_rounds(results: dict[str, Any], path: Path) -> None:
     hist = results["history"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("hr@10", "ndcg@10"), strict=True):
-        ax.plot([h["round"] for h in hist], [h["eval"].get(key, math.nan) for h in hist],
-                marker="o", label="federated model")
+        ax.plot(
+            [h["round"] for h in hist],
+            [h["eval"].get(key, math.nan) for h in hist],
+            marker="o",
+            label="federated model",
+        )
         for i, (name, b) in enumerate(results.get("baselines", {}).items()):
             ax.axhline(b[key], linestyle="--", color=f"C{i + 1}", label=name)
         ax.set_xlabel("round")
@@ -108,8 +154,11 @@ def plot_rounds(results: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     eps = results["privacy"].get("epsilon")
-    fig.suptitle(f"{results['dataset']}: DP mode {results['privacy']['mode']}, epsilon {eps:.3g}"
-                 if isinstance(eps, float) else results["dataset"])
+    fig.suptitle(
+        f"{results['dataset']}: DP mode {results['privacy']['mode']}, epsilon {eps:.3g}"
+        if isinstance(eps, float)
+        else results["dataset"]
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -27,8 +27,9 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(cfg.fed.out_dir)
     torch.manual_seed(cfg.train.seed)
     corpus = load_corpus(cfg.data)  # the public catalogue sizes the model
-    model = RecModel(cfg.model, n_items=corpus.data.n_items, history_len=cfg.data.history_len,
-                     device=device())
+    model = RecModel(
+        cfg.model, n_items=corpus.data.n_items, history_len=cfg.data.history_len, device=device()
+    )
 
     def save(state: dict[str, np.ndarray], folder: Path) -> None:
         load_trainable_state(model, state)
@@ -39,5 +40,6 @@ def main(grid: Grid, context: Context) -> None:
 
         return run_baselines(corpus, seed=cfg.train.seed)
 
-    run_federation(grid, cfg, trainable_state(model), out, save_adapter_fn=save,
-                   baselines_fn=baselines)
+    run_federation(
+        grid, cfg, trainable_state(model), out, save_adapter_fn=save, baselines_fn=baselines
+    )

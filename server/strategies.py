@@ -35,8 +35,12 @@ def _common(cfg: RunConfig, n_clients: int) -> dict[str, object]:
 STRATEGIES: dict[str, Callable[[RunConfig, int], Strategy]] = {
     "fedavg": lambda c, n: FedAvg(**_common(c, n)),  # type: ignore[arg-type]
     "fedprox": lambda c, n: FedProx(**_common(c, n), proximal_mu=c.fed.proximal_mu),  # type: ignore[arg-type]
-    "qfedavg": lambda c, n: QFedAvg(client_learning_rate=c.fed.qffl_lr, q=c.fed.qffl_q,  # type: ignore[arg-type]
-                                    train_loss_key=R.TRAIN_LOSS, **_common(c, n)),
+    "qfedavg": lambda c, n: QFedAvg(
+        client_learning_rate=c.fed.qffl_lr,
+        q=c.fed.qffl_q,  # type: ignore[arg-type]
+        train_loss_key=R.TRAIN_LOSS,
+        **_common(c, n),
+    ),
     "fedtrimmedavg": lambda c, n: FedTrimmedAvg(**_common(c, n), beta=c.fed.trim_beta),  # type: ignore[arg-type]
     "krum": lambda c, n: Krum(**_common(c, n), num_malicious_nodes=1),  # type: ignore[arg-type]
 }
@@ -44,8 +48,7 @@ STRATEGIES: dict[str, Callable[[RunConfig, int], Strategy]] = {
 
 def clients_per_round(cfg: RunConfig, n_clients: int) -> int:
     """How many clients the strategy samples per training round."""
-    return max(1, round(cfg.fed.fraction_train * n_clients), min(cfg.fed.min_clients,
-                                                                   n_clients))
+    return max(1, round(cfg.fed.fraction_train * n_clients), min(cfg.fed.min_clients, n_clients))
 
 
 def create_strategy(cfg: RunConfig, n_clients: int, *, central_sigma: float = 0.0) -> Strategy:
@@ -53,12 +56,15 @@ def create_strategy(cfg: RunConfig, n_clients: int, *, central_sigma: float = 0.
     try:
         factory = STRATEGIES[cfg.fed.strategy]
     except KeyError:
-        raise ValueError(f"`fed.strategy` must be one of {sorted(STRATEGIES)}, got "
-                         f"{cfg.fed.strategy!r}.") from None
+        raise ValueError(
+            f"`fed.strategy` must be one of {sorted(STRATEGIES)}, got {cfg.fed.strategy!r}."
+        ) from None
     strategy = factory(cfg, n_clients)
     if cfg.dp.mode == "central":
         strategy = DifferentialPrivacyServerSideFixedClipping(
-            strategy, noise_multiplier=central_sigma, clipping_norm=cfg.fed.central_clip,
+            strategy,
+            noise_multiplier=central_sigma,
+            clipping_norm=cfg.fed.central_clip,
             num_sampled_clients=clients_per_round(cfg, n_clients),
         )
     return strategy

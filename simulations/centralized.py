@@ -50,9 +50,13 @@ def run_baselines(corpus: Corpus, *, seed: int) -> dict[str, dict[str, float]]:
     local = corpus.everyone()
     for name in BASELINES:
         base = create_baseline(name, list(corpus.split.train), corpus.data.n_items)
-        ev = evaluate_scores(lambda rows, _known, b=base: b.scores(local.users[rows]), local,
-                             corpus.data.n_items, which="test", evaluator=evaluator_for(corpus,
-                                                                                        seed))
+        ev = evaluate_scores(
+            lambda _rows, known, b=base: b.scores_for(known),
+            local,
+            corpus.data.n_items,
+            which="test",
+            evaluator=evaluator_for(corpus, seed),
+        )
         out[name] = ev.result()
     return out
 
@@ -65,65 +69,113 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
     local = corpus.everyone()
     n_train = len(local.trainable())
     dp = cfg.dp.mode == "local"
-    plan = (plan_dp(cfg.dp, cfg.train, n_users=n_train, rounds=cfg.fed.rounds,
-                    use_prior=cfg.model.prior) if dp else None)
+    plan = (
+        plan_dp(
+            cfg.dp, cfg.train, n_users=n_train, rounds=cfg.fed.rounds, use_prior=cfg.model.prior
+        )
+        if dp
+        else None
+    )
     if cfg.model.prior:
         sigma = plan.prior_sigma if plan else 0.0
-        set_prior(model, local_histogram(local, corpus.data.n_items,
-                                         recent=cfg.data.history_len, sigma=sigma,
-                                         seed=cfg.train.seed))
+        set_prior(
+            model,
+            local_histogram(
+                local,
+                corpus.data.n_items,
+                recent=cfg.data.history_len,
+                sigma=sigma,
+                seed=cfg.train.seed,
+            ),
+        )
     history: list[dict[str, float]] = []
     train_s = 0.0
     users_seen = 0
     for rnd in range(1, cfg.fed.rounds + 1):
-        bar = tqdm(desc=f"pass {rnd}/{cfg.fed.rounds}", unit="step", leave=False,
-                   file=sys.stderr)
+        bar = tqdm(desc=f"pass {rnd}/{cfg.fed.rounds}", unit="step", leave=False, file=sys.stderr)
 
         def progress(step: int, total: int, loss: float, bar: tqdm = bar) -> None:
             bar.total = total
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.3f}")
 
-        stats = train(model, cat, local, cfg.train, history_len=cfg.data.history_len, plan=plan,
-                      clip=cfg.dp.clip, seed=cfg.train.seed * 1000 + rnd, progress=progress)
+        stats = train(
+            model,
+            cat,
+            local,
+            cfg.train,
+            history_len=cfg.data.history_len,
+            plan=plan,
+            clip=cfg.dp.clip,
+            seed=cfg.train.seed * 1000 + rnd,
+            progress=progress,
+        )
         bar.close()
         train_s += stats.wall_s
         users_seen += stats.users_seen
-        val = evaluate_scores(model_score_fn(model, cat, history_len=cfg.data.history_len),
-                              local, corpus.data.n_items, which="valid",
-                              max_users=cfg.train.eval_users, seed=cfg.train.seed).result()
-        row = {"round": rnd, "loss": stats.loss, "valid_hr@10": val["hr@10"],
-               "valid_ndcg@10": val["ndcg@10"]}
+        val = evaluate_scores(
+            model_score_fn(model, cat, history_len=cfg.data.history_len),
+            local,
+            corpus.data.n_items,
+            which="valid",
+            max_users=cfg.train.eval_users,
+            seed=cfg.train.seed,
+        ).result()
+        row = {
+            "round": rnd,
+            "loss": stats.loss,
+            "valid_hr@10": val["hr@10"],
+            "valid_ndcg@10": val["ndcg@10"],
+        }
         history.append(row)
-        print(f"pass {rnd}: loss {stats.loss:.4f}  valid HR@10 {val['hr@10']:.4f}  "
-              f"NDCG@10 {val['ndcg@10']:.4f}  ({stats.wall_s:.0f}s)", file=sys.stderr)
-    ev = evaluate_scores(model_score_fn(model, cat, history_len=cfg.data.history_len), local,
-                         corpus.data.n_items, which="test",
-                         evaluator=evaluator_for(corpus, cfg.train.seed))
+        print(
+            f"pass {rnd}: loss {stats.loss:.4f}  valid HR@10 {val['hr@10']:.4f}  "
+            f"NDCG@10 {val['ndcg@10']:.4f}  ({stats.wall_s:.0f}s)",
+            file=sys.stderr,
+        )
+    ev = evaluate_scores(
+        model_score_fn(model, cat, history_len=cfg.data.history_len),
+        local,
+        corpus.data.n_items,
+        which="test",
+        evaluator=evaluator_for(corpus, cfg.train.seed),
+    )
     metrics = ev.result()
     events = [*plan.prior_events(), *plan.round_events() * cfg.fed.rounds] if plan else []
     delta = plan.delta if plan else 1.0 / max(n_train, 1)
     privacy = {
-        "unit": "user", "trust_model": "central curator (trusted); DP protects each user "
-        "against anyone who sees the trained adapter", "mode": cfg.dp.mode,
-        "epsilon": epsilon_of(events, delta=delta, accountant=cfg.dp.accountant) if plan
+        "unit": "user",
+        "trust_model": "central curator (trusted); DP protects each user "
+        "against anyone who sees the trained adapter",
+        "mode": cfg.dp.mode,
+        "epsilon": epsilon_of(events, delta=delta, accountant=cfg.dp.accountant)
+        if plan
         else math.inf,
         "epsilon_rdp": epsilon_of(events, delta=delta, accountant="rdp") if plan else math.inf,
         "target_epsilon": cfg.dp.epsilon if dp else math.inf,
-        "delta": delta, "accountant": cfg.dp.accountant if dp else None,
+        "delta": delta,
+        "accountant": cfg.dp.accountant if dp else None,
         "noise_multiplier": plan.sigma if plan else 0.0,
         "prior_noise_multiplier": plan.prior_sigma if plan else 0.0,
         "sample_rate": plan.sample_rate if plan else None,
-        "steps": plan.steps_per_round * cfg.fed.rounds if plan else None, "clip": cfg.dp.clip,
+        "steps": plan.steps_per_round * cfg.fed.rounds if plan else None,
+        "clip": cfg.dp.clip,
     }
     baselines = run_baselines(corpus, seed=cfg.train.seed)
     wall = time.perf_counter() - t0
     per_user = ev.per_user()
     results = {
-        "setting": "central", "dataset": cfg.data.dataset, "metrics": metrics,
-        "baselines": baselines, "privacy": privacy, "history": history,
-        "timing": {"wall_s": wall, "train_s": train_s,
-                   "train_users_per_s": users_seen / train_s if train_s else 0.0},
+        "setting": "central",
+        "dataset": cfg.data.dataset,
+        "metrics": metrics,
+        "baselines": baselines,
+        "privacy": privacy,
+        "history": history,
+        "timing": {
+            "wall_s": wall,
+            "train_s": train_s,
+            "train_users_per_s": users_seen / train_s if train_s else 0.0,
+        },
         "per_user": {k: np.asarray(v).tolist() for k, v in per_user.items()},
         "config": cfg.flat(),
     }
@@ -135,12 +187,18 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(prog="python -m simulations.centralized", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m simulations.centralized",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--dataset", default=None, help="ml-latest-small | ml-100k | ml-1m | synthetic")
     ap.add_argument("--data-dir", default=None, help="folder with the data set's files")
-    ap.add_argument("--epsilon", default=None,
-                    help="user-level DP budget; 'inf' trains without DP (default: dp.epsilon)")
+    ap.add_argument(
+        "--epsilon",
+        default=None,
+        help="user-level DP budget; 'inf' trains without DP (default: dp.epsilon)",
+    )
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--run-config", default="", help='overrides, e.g. "fed.rounds=2 train.lr=0.01"')
     args = ap.parse_args(argv)
@@ -163,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     m, b = res["metrics"], res["baselines"]["most-popular"]
-    print(f"HR@10 {m['hr@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}  (most-popular HR@10 "
-          f"{b['hr@10']:.4f}; EASE {res['baselines']['ease']['hr@10']:.4f})  epsilon "
-          f"{res['privacy']['epsilon']:.3g}  -> {args.out / 'results.json'}")
+    print(
+        f"HR@10 {m['hr@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}  (most-popular HR@10 "
+        f"{b['hr@10']:.4f}; EASE {res['baselines']['ease']['hr@10']:.4f})  epsilon "
+        f"{res['privacy']['epsilon']:.3g}  -> {args.out / 'results.json'}"
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ background SuperLink this command started is stopped by its pid afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -70,10 +71,8 @@ def stop_superlink(flwr_home: Path) -> list[int]:
     """Stop the SuperLink (and its SuperExec) started under `flwr_home`; return their pids."""
     pids = _pids_using(flwr_home)
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.time() + 10
     while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(0.2)
@@ -85,8 +84,15 @@ def stop_superlink(flwr_home: Path) -> list[int]:
 
 def run_status(env: dict[str, str]) -> dict[str, Any] | None:
     """The latest run's entry from `flwr ls --format json`, or None."""
-    proc = subprocess.run(["flwr", "ls", "--format", "json"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        ["flwr", "ls", "--format", "json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     try:
         runs = json.loads(proc.stdout).get("runs", [])
     except json.JSONDecodeError:
@@ -94,36 +100,53 @@ def run_status(env: dict[str, str]) -> dict[str, Any] | None:
     return max(runs, key=lambda r: str(r.get("pending-at", ""))) if runs else None
 
 
-def run(overrides: dict[str, Any], out: Path, *, num_supernodes: int | None = None,
-        quiet: bool = False) -> dict[str, Any]:
+def run(
+    overrides: dict[str, Any], out: Path, *, num_supernodes: int | None = None, quiet: bool = False
+) -> dict[str, Any]:
     """Run the app with `overrides` into `out`; return results.json (raises on failure)."""
     out = out.resolve()
     overrides = {**overrides, "fed.out-dir": str(out)}
     cfg = parse_config(overrides)  # validate before starting anything
     if num_supernodes is None:
-        num_supernodes = (load_corpus(cfg.data).data.n_users if cfg.data.partitioning == "user"
-                          else cfg.data.num_sites)
+        num_supernodes = (
+            load_corpus(cfg.data).data.n_users
+            if cfg.data.partitioning == "user"
+            else cfg.data.num_sites
+        )
     out.mkdir(parents=True, exist_ok=True)
     flwr_home = out / ".flwr-home"
     if not _pids_using(flwr_home) and any(_port_busy(p) for p in SUPERLINK_PORTS):
         raise RuntimeError(
             f"a SuperLink not started by this command holds Flower's local ports "
             f"{SUPERLINK_PORTS}; it would take over this run. Stop it first (`flwr` from its "
-            "checkout, or kill its pid).")
+            "checkout, or kill its pid)."
+        )
     run_cfg = out / "run-config.toml"
     with open(run_cfg, "w") as fh:
         for k, v in overrides.items():
             fh.write(f'"{k}" = {_toml(v)}\n')
-    env = {**os.environ, "FLWR_HOME": str(flwr_home),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    cmd = ["flwr", "run", ".", "--stream", "--run-config", str(run_cfg),
-           "--federation-config", f"num-supernodes={num_supernodes}"]
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    cmd = [
+        "flwr",
+        "run",
+        ".",
+        "--stream",
+        "--run-config",
+        str(run_cfg),
+        "--federation-config",
+        f"num-supernodes={num_supernodes}",
+    ]
     log_path = out / "flwr.log"
     t0 = time.time()
     try:
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
@@ -154,14 +177,20 @@ def _toml(value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(prog="python -m simulations.federated", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m simulations.federated",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--preset", default="", help="override file in simulations/presets/")
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--run-config", default="", help='extra overrides "key=value ..."')
-    ap.add_argument("--num-supernodes", type=int, default=None,
-                    help="simulated nodes (default: data.num-sites, or users when "
-                    "data.partitioning = user)")
+    ap.add_argument(
+        "--num-supernodes",
+        type=int,
+        default=None,
+        help="simulated nodes (default: data.num-sites, or users when data.partitioning = user)",
+    )
     args = ap.parse_args(argv)
     try:
         over = {**load_preset(args.preset), **parse_overrides(args.run_config)}
@@ -171,10 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     m = res["metrics"]
     base = res.get("baselines", {}).get("most-popular", {})
-    print(f"{res['status']}: HR@10 {m.get('hr@10', float('nan')):.4f} NDCG@10 "
-          f"{m.get('ndcg@10', float('nan')):.4f} (most-popular {base.get('hr@10', float('nan')):.4f})"
-          f"; epsilon {res['privacy']['epsilon']}; {res['timing']['flwr_run_s']:.0f}s -> "
-          f"{args.out / 'results.json'}")
+    print(
+        f"{res['status']}: HR@10 {m.get('hr@10', float('nan')):.4f} NDCG@10 "
+        f"{m.get('ndcg@10', float('nan')):.4f} (most-popular {base.get('hr@10', float('nan')):.4f})"
+        f"; epsilon {res['privacy']['epsilon']}; {res['timing']['flwr_run_s']:.0f}s -> "
+        f"{args.out / 'results.json'}"
+    )
     return 0
 
 

@@ -1,0 +1,180 @@
+"""Benchmark harness: training throughput, hardware efficiency, communication, evaluation time.
+
+Example::
+
+    python -m simulations.bench --out runs/bench            # ml-latest-small, MiniLM
+    python -m simulations.bench --out /tmp/b --tiny         # CI: synthetic data, tiny backbone
+
+All variants are measured side by side in one process on the same users, so the ratios are
+comparable even on a shared, noisy machine; absolute numbers come with the machine's
+description (CPU model, cores, torch threads) in `bench.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common.backbone import load_backbone, make_tiny_backbone
+from common.config import RunConfig, parse_config
+from common.evaluate import evaluate_scores, model_score_fn
+from common.model import trainable_state
+from common.records import state_bytes
+from common.task import setup
+from common.train import DPPlan, make_batch, per_user_loss, train
+from simulations.io import write_json_atomic
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "lora-cached-nodp": {"dp.mode": "none"},
+    "lora-cached-dp": {"dp.mode": "local"},
+    "ffa-cached-dp": {"dp.mode": "local", "model.lora.ffa": True},
+    "lora-uncached-nodp": {"dp.mode": "none", "model.cache-lower-layers": False},
+    "lora-all-layers-nodp": {"dp.mode": "none", "model.lora.layers": -1},
+    "lora-all-layers-dp": {"dp.mode": "local", "model.lora.layers": -1},
+}
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "python": platform.python_version()}
+
+
+def gemm_flops(n: int = 1024, reps: int = 10) -> float:
+    """Measured dense float32 matmul FLOP/s of this machine (torch GEMM)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def step_flops(cfg: RunConfig, model: Any, cat: Any, local: Any) -> float:
+    """FLOPs of one non-DP training step (forward + backward) counted by torch."""
+    rng = np.random.default_rng(0)
+    rows = local.trainable()[: cfg.train.batch_users]
+    batch = make_batch(local, rows, history_len=cfg.data.history_len,
+                       targets=cfg.train.targets_per_user, negatives=cfg.train.negatives,
+                       n_items=cat.n_items, rng=rng)
+    with FlopCounterMode(display=False) as counter:
+        scores = model(batch.hist, batch.hist_mask, batch.cands, cat)
+        per_user_loss(scores, batch.target_mask).mean().backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def measure(base: dict[str, Any], name: str, over: dict[str, Any], steps: int) -> dict[str, Any]:
+    """Train `steps` steps of one variant; users/s, step FLOPs, bytes, eval time."""
+    cfg = parse_config({**base, **over})
+    corpus, cat, model = setup(cfg)
+    local = corpus.everyone()
+    n = len(local.trainable())
+    q = min(1.0, cfg.train.batch_users / n)
+    plan = DPPlan(1.0, q, steps, 0.0, 1.0 / n) if cfg.dp.local else None
+    warm = DPPlan(1.0, q, 1, 0.0, 1.0 / n) if plan else None
+    one = parse_config({**base, **over, "train.epochs": cfg.train.batch_users / n})
+    train(model, cat, local, one.train, history_len=cfg.data.history_len, plan=warm,
+          clip=1.0, seed=1)  # warm-up
+    many = parse_config({**base, **over, "train.epochs": steps * cfg.train.batch_users / n})
+    stats = train(model, cat, local, many.train, history_len=cfg.data.history_len, plan=plan,
+                  clip=1.0, seed=2)
+    flops = step_flops(cfg, model, cat, local)
+    backbone_bytes = sum(p.numel() * p.element_size()
+                         for p in model.bert.get_base_model().parameters())
+    state = trainable_state(model)
+    up = state_bytes({k: v for k, v in state.items() if k != "prior"})
+    return {"variant": name, "users_per_s": stats.users_seen / stats.wall_s,
+            "step_s": stats.wall_s / stats.steps, "users_per_step": stats.users_seen / stats.steps,
+            "step_flops": flops, "achieved_flops": flops / (stats.wall_s / stats.steps),
+            "bytes_up_trainable": up, "bytes_prior": int(state["prior"].nbytes),
+            "backbone_bytes": backbone_bytes, "backbone_over_up": backbone_bytes / up,
+            "_model": (cfg, model, cat, corpus)}
+
+
+def run(base: dict[str, Any], out: Path, *, steps: int) -> dict[str, Any]:
+    """Run every variant and the evaluation timing; write `out/bench.json`."""
+    n_layers = load_backbone(str(base.get("model.backbone", ""))).config.num_hidden_layers
+    gemm = gemm_flops()
+    rows = []
+    for name, over in VARIANTS.items():
+        over = {k: (n_layers if v == -1 else v) for k, v in over.items()}
+        t0 = time.perf_counter()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        row = measure(base, name, over, steps)
+        row["efficiency"] = row["achieved_flops"] / gemm
+        row["wall_s"] = time.perf_counter() - t0
+        if name == "lora-cached-nodp":
+            cfg, model, cat, corpus = row["_model"]
+            t1 = time.perf_counter()
+            ev = evaluate_scores(model_score_fn(model, cat, history_len=cfg.data.history_len),
+                                 corpus.everyone(), corpus.data.n_items, which="test")
+            eval_s = time.perf_counter() - t1
+            eval_users = int(ev.result()["n_users"])
+        row.pop("_model")
+        rows.append(row)
+        print(f"[bench] {name}: {row['users_per_s']:.1f} users/s, efficiency "
+              f"{row['efficiency']:.1%}", file=sys.stderr, flush=True)
+    by = {r["variant"]: r for r in rows}
+    res = {
+        "machine": machine(), "gemm_flops": gemm, "steps": steps, "variants": rows,
+        "ratios": {
+            "dp_over_nodp_time": by["lora-cached-nodp"]["users_per_s"]
+            / by["lora-cached-dp"]["users_per_s"],
+            "cached_over_uncached_speed": by["lora-cached-nodp"]["users_per_s"]
+            / by["lora-uncached-nodp"]["users_per_s"],
+            "cached_over_all_layers_speed": by["lora-cached-nodp"]["users_per_s"]
+            / by["lora-all-layers-nodp"]["users_per_s"],
+            "ffa_over_lora_speed": by["ffa-cached-dp"]["users_per_s"]
+            / by["lora-cached-dp"]["users_per_s"],
+        },
+        "evaluation": {"full_catalogue_s": eval_s, "users": eval_users},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "config": base,
+    }
+    write_json_atomic(out / "bench.json", res)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(prog="python -m simulations.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--tiny", action="store_true", help="synthetic data + tiny backbone (CI)")
+    ap.add_argument("--steps", type=int, default=8, help="measured steps per variant")
+    ap.add_argument("--data-dir", default="../shared/data/ml-latest-small")
+    args = ap.parse_args(argv)
+    base: dict[str, Any] = {"data.dataset": "ml-latest-small", "data.dir": args.data_dir}
+    if args.tiny:
+        tiny = make_tiny_backbone(Path(tempfile.mkdtemp(prefix="tinybert-")))
+        base = {"data.dataset": "synthetic", "model.backbone": str(tiny),
+                "model.cache-dir": tempfile.mkdtemp(prefix="fedrec-cache-")}
+    res = run(base, args.out, steps=args.steps)
+    print(json.dumps({"ratios": res["ratios"], "evaluation": res["evaluation"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
