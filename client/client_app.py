@@ -27,9 +27,9 @@ def train(msg: Message, context: Context) -> Message:
     new_state, metrics = train_round(
         site,
         state,
-        server_round=int(cfg.get(R.ROUND, 0)),
+        server_round=int(cfg.get(R.ROUND, 0)),  # type: ignore[arg-type]
         collect_prior=bool(cfg.get(R.COLLECT_PRIOR, False)),
-        proximal_mu=float(cfg.get(R.PROXIMAL_MU, 0.0)),
+        proximal_mu=float(cfg.get(R.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
     )
     reason = metrics.pop("reason", None)
     if new_state is None:

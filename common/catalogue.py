@@ -8,6 +8,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _encode_frozen(
-    bert: nn.Module, ids: torch.Tensor, mask: torch.Tensor, n_lower: int, batch: int, device: str
+    bert: Any, ids: torch.Tensor, mask: torch.Tensor, n_lower: int, batch: int, device: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the frozen backbone; return (hidden entering layer n_lower, pooled final output)."""
     n, seq = ids.shape
@@ -108,7 +109,8 @@ def build_catalogue(
     lower_f, pooled_f = folder / "lower.f16.npy", folder / "frozen.f32.npy"
     with FileLock(str(folder / ".lock")):
         if not (pooled_f.exists() and lower_f.exists()):
-            bert = load_backbone(backbone).to(device).eval()
+            bert: Any = load_backbone(backbone)
+            bert = bert.to(device).eval()
             lower, pooled = _encode_frozen(bert, ids, mask, n_lower, batch, device)
             _atomic_save(lower_f, lower)
             _atomic_save(pooled_f, pooled)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,11 @@ class RecModel(nn.Module):
     Trainable: LoRA tensors (only B under FFA-LoRA) and the small head; never the backbone.
     """
 
+    bert: PeftModel
+    prior: torch.Tensor
+    prior_weight: nn.Linear
+    n_lower: int
+
     def __init__(
         self,
         cfg: ModelConfig,
@@ -40,8 +46,9 @@ class RecModel(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        bert = load_backbone(cfg.backbone).to(device)  # move before get_peft_model (pitfall)
-        n_layers = bert.config.num_hidden_layers
+        bert: Any = load_backbone(cfg.backbone)
+        bert = bert.to(device)  # move before get_peft_model (pitfall)
+        n_layers = int(bert.config.num_hidden_layers)
         if cfg.lora.layers > n_layers:
             raise ValueError(
                 f"`model.lora.layers` = {cfg.lora.layers} exceeds the backbone's {n_layers} layers."
@@ -49,7 +56,7 @@ class RecModel(nn.Module):
         self.n_lower = n_layers - cfg.lora.layers
         peft_cfg = PeftLoraConfig(
             r=cfg.lora.rank,
-            lora_alpha=cfg.lora.alpha,
+            lora_alpha=cfg.lora.alpha,  # type: ignore[arg-type]
             lora_dropout=0.0,
             target_modules=cfg.lora.target_modules,
             layers_to_transform=list(range(self.n_lower, n_layers)),
@@ -57,7 +64,7 @@ class RecModel(nn.Module):
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(LORA_SEED)
-            self.bert = get_peft_model(bert, peft_cfg)
+            self.bert = get_peft_model(bert, peft_cfg)  # type: ignore[assignment]
         if cfg.lora.ffa:
             for name, p in self.bert.named_parameters():
                 if "lora_A" in name:
@@ -87,7 +94,9 @@ class RecModel(nn.Module):
 
     def top_layers(self) -> nn.ModuleList:
         """The adapted backbone layers that run per step."""
-        return self.bert.base_model.model.encoder.layer[self.n_lower :]  # type: ignore[no-any-return]
+        base: Any = self.bert.base_model
+        layers: nn.ModuleList = base.model.encoder.layer
+        return layers[self.n_lower :]  # type: ignore[return-value]
 
     def encode_items(self, items: torch.Tensor, cat: Catalogue) -> torch.Tensor:
         """``[M]`` item indices -> ``[M, D]`` normalised item vectors (grad through LoRA)."""
@@ -169,7 +178,7 @@ def load_trainable_state(model: RecModel, state: dict[str, np.ndarray]) -> None:
             )
     lora = {k[5:]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith("lora.")}
     result = set_peft_model_state_dict(model.bert, lora)
-    bad = [k for k in result.unexpected_keys if "lora" in k]
+    bad = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
     if bad:
         raise ValueError(f"peft did not accept adapter keys {bad}")
     params = dict(model.named_parameters())
@@ -183,7 +192,7 @@ def load_trainable_state(model: RecModel, state: dict[str, np.ndarray]) -> None:
 def save_adapter(model: RecModel, folder: str | Path) -> Path:
     """Save the adapter in PEFT's format (`save_pretrained`) plus the head beside it."""
     folder = Path(folder)
-    model.bert.save_pretrained(folder)
+    model.bert.save_pretrained(str(folder))
     head = {
         k: torch.from_numpy(np.array(v))
         for k, v in trainable_state(model).items()
@@ -200,7 +209,7 @@ def load_adapter(
     folder = Path(folder)
     model = RecModel(cfg, n_items=n_items, history_len=history_len, device=device)
     base = model.bert.get_base_model()
-    loaded = PeftModel.from_pretrained(base, folder).to(device)
+    loaded = PeftModel.from_pretrained(base, str(folder)).to(device)
     model.bert = loaded
     head = load_file(str(folder / HEAD_FILE))
     params = dict(model.named_parameters())

@@ -111,7 +111,7 @@ def regroup_grad_samples(model: RecModel, n_users: int) -> None:
             continue
         if gs.shape[0] % max(n_users, 1) != 0:
             raise RuntimeError(f"grad_sample rows {gs.shape[0]} not a multiple of {n_users}")
-        p.grad_sample = gs.view(n_users, -1, *gs.shape[1:]).sum(1)
+        p.grad_sample = gs.view(n_users, -1, *gs.shape[1:]).sum(1)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -237,7 +237,7 @@ def train(
             b = len(local)
             if b == 0:  # an empty Poisson batch still takes a noisy step
                 for p in params:
-                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device)
+                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device)  # type: ignore[attr-defined]
             else:
                 batch = make_batch(
                     data,
@@ -267,7 +267,7 @@ def train(
         if gsm is not None:
             gsm.remove_hooks()
         for p in params:
-            p.grad_sample = None
+            p.grad_sample = None  # type: ignore[attr-defined]
         model.eval()
     return TrainStats(total_loss / max(seen, 1), len(sampler), seen, time.perf_counter() - t0)
 

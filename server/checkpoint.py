@@ -57,7 +57,7 @@ class Checkpoint:
         name = f"state-{rnd:04d}.npz"
         fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".npz")
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **state)
+            np.savez(fh, **state)  # type: ignore[arg-type]
         os.replace(tmp, self.dir / name)
         write_json_atomic(
             self.dir / "meta.json",

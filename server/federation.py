@@ -93,7 +93,7 @@ def run_federation(
             row = _client_row(reply)
             if reply.has_error():
                 row["dropped"] = f"error: {reply.error.reason}"
-            elif reply.content.metric_records.get(R.METRICS, {}).get(R.DECLINED, 0):
+            elif _declined(reply):
                 row["dropped"] = "declined (privacy budget)"
             else:
                 problem = check_update(
@@ -180,3 +180,8 @@ def _client_row(reply: Message) -> dict[str, Any]:
     rec = reply.content.array_records.get(R.ARRAYS)
     row["bytes_up"] = int(sum(a.numpy().nbytes for a in rec.values())) if rec else 0
     return row
+
+
+def _declined(reply: Message) -> bool:
+    metrics = reply.content.metric_records.get(R.METRICS)
+    return bool(metrics is not None and metrics.get(R.DECLINED, 0))

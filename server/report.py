@@ -17,8 +17,8 @@ from simulations.io import write_json_atomic
 
 def aggregate_eval(replies: list[Message]) -> dict[str, Any]:
     """User-weighted mean of scalar metrics; per-user lists concatenated; per-client values."""
-    rows = [
-        r.content.metric_records[R.METRICS]
+    rows: list[Any] = [
+        dict(r.content.metric_records[R.METRICS])
         for r in replies
         if r.has_content() and R.METRICS in r.content.metric_records
     ]

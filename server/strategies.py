@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
@@ -18,7 +19,7 @@ from common import records as R
 from common.config import RunConfig
 
 
-def _common(cfg: RunConfig, n_clients: int) -> dict[str, object]:
+def _common(cfg: RunConfig, n_clients: int) -> dict[str, Any]:
     m = max(1, round(cfg.fed.fraction_train * n_clients))
     return {
         "fraction_train": cfg.fed.fraction_train,

@@ -56,9 +56,14 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "python": platform.python_version(),
+    }
 
 
 def gemm_flops(n: int = 1024, reps: int = 10) -> float:
@@ -75,9 +80,15 @@ def step_flops(cfg: RunConfig, model: Any, cat: Any, local: Any) -> float:
     """FLOPs of one non-DP training step (forward + backward) counted by torch."""
     rng = np.random.default_rng(0)
     rows = local.trainable()[: cfg.train.batch_users]
-    batch = make_batch(local, rows, history_len=cfg.data.history_len,
-                       targets=cfg.train.targets_per_user, negatives=cfg.train.negatives,
-                       n_items=cat.n_items, rng=rng)
+    batch = make_batch(
+        local,
+        rows,
+        history_len=cfg.data.history_len,
+        targets=cfg.train.targets_per_user,
+        negatives=cfg.train.negatives,
+        n_items=cat.n_items,
+        rng=rng,
+    )
     with FlopCounterMode(display=False) as counter:
         scores = model(batch.hist, batch.hist_mask, batch.cands, cat)
         per_user_loss(scores, batch.target_mask).mean().backward()
@@ -95,22 +106,32 @@ def measure(base: dict[str, Any], name: str, over: dict[str, Any], steps: int) -
     plan = DPPlan(1.0, q, steps, 0.0, 1.0 / n) if cfg.dp.local else None
     warm = DPPlan(1.0, q, 1, 0.0, 1.0 / n) if plan else None
     one = parse_config({**base, **over, "train.epochs": cfg.train.batch_users / n})
-    train(model, cat, local, one.train, history_len=cfg.data.history_len, plan=warm,
-          clip=1.0, seed=1)  # warm-up
+    train(
+        model, cat, local, one.train, history_len=cfg.data.history_len, plan=warm, clip=1.0, seed=1
+    )  # warm-up
     many = parse_config({**base, **over, "train.epochs": steps * cfg.train.batch_users / n})
-    stats = train(model, cat, local, many.train, history_len=cfg.data.history_len, plan=plan,
-                  clip=1.0, seed=2)
+    stats = train(
+        model, cat, local, many.train, history_len=cfg.data.history_len, plan=plan, clip=1.0, seed=2
+    )
     flops = step_flops(cfg, model, cat, local)
-    backbone_bytes = sum(p.numel() * p.element_size()
-                         for p in model.bert.get_base_model().parameters())
+    backbone_bytes = sum(
+        p.numel() * p.element_size() for p in model.bert.get_base_model().parameters()
+    )
     state = trainable_state(model)
     up = state_bytes({k: v for k, v in state.items() if k != "prior"})
-    return {"variant": name, "users_per_s": stats.users_seen / stats.wall_s,
-            "step_s": stats.wall_s / stats.steps, "users_per_step": stats.users_seen / stats.steps,
-            "step_flops": flops, "achieved_flops": flops / (stats.wall_s / stats.steps),
-            "bytes_up_trainable": up, "bytes_prior": int(state["prior"].nbytes),
-            "backbone_bytes": backbone_bytes, "backbone_over_up": backbone_bytes / up,
-            "_model": (cfg, model, cat, corpus)}
+    return {
+        "variant": name,
+        "users_per_s": stats.users_seen / stats.wall_s,
+        "step_s": stats.wall_s / stats.steps,
+        "users_per_step": stats.users_seen / stats.steps,
+        "step_flops": flops,
+        "achieved_flops": flops / (stats.wall_s / stats.steps),
+        "bytes_up_trainable": up,
+        "bytes_prior": int(state["prior"].nbytes),
+        "backbone_bytes": backbone_bytes,
+        "backbone_over_up": backbone_bytes / up,
+        "_model": (cfg, model, cat, corpus),
+    }
 
 
 def run(base: dict[str, Any], out: Path, *, steps: int) -> dict[str, Any]:
@@ -128,17 +149,27 @@ def run(base: dict[str, Any], out: Path, *, steps: int) -> dict[str, Any]:
         if name == "lora-cached-nodp":
             cfg, model, cat, corpus = row["_model"]
             t1 = time.perf_counter()
-            ev = evaluate_scores(model_score_fn(model, cat, history_len=cfg.data.history_len),
-                                 corpus.everyone(), corpus.data.n_items, which="test")
+            ev = evaluate_scores(
+                model_score_fn(model, cat, history_len=cfg.data.history_len),
+                corpus.everyone(),
+                corpus.data.n_items,
+                which="test",
+            )
             eval_s = time.perf_counter() - t1
             eval_users = int(ev.result()["n_users"])
         row.pop("_model")
         rows.append(row)
-        print(f"[bench] {name}: {row['users_per_s']:.1f} users/s, efficiency "
-              f"{row['efficiency']:.1%}", file=sys.stderr, flush=True)
+        print(
+            f"[bench] {name}: {row['users_per_s']:.1f} users/s, efficiency {row['efficiency']:.1%}",
+            file=sys.stderr,
+            flush=True,
+        )
     by = {r["variant"]: r for r in rows}
     res = {
-        "machine": machine(), "gemm_flops": gemm, "steps": steps, "variants": rows,
+        "machine": machine(),
+        "gemm_flops": gemm,
+        "steps": steps,
+        "variants": rows,
         "ratios": {
             "dp_over_nodp_time": by["lora-cached-nodp"]["users_per_s"]
             / by["lora-cached-dp"]["users_per_s"],
@@ -159,8 +190,11 @@ def run(base: dict[str, Any], out: Path, *, steps: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(prog="python -m simulations.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m simulations.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--tiny", action="store_true", help="synthetic data + tiny backbone (CI)")
     ap.add_argument("--steps", type=int, default=8, help="measured steps per variant")
@@ -169,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     base: dict[str, Any] = {"data.dataset": "ml-latest-small", "data.dir": args.data_dir}
     if args.tiny:
         tiny = make_tiny_backbone(Path(tempfile.mkdtemp(prefix="tinybert-")))
-        base = {"data.dataset": "synthetic", "model.backbone": str(tiny),
-                "model.cache-dir": tempfile.mkdtemp(prefix="fedrec-cache-")}
+        base = {
+            "data.dataset": "synthetic",
+            "model.backbone": str(tiny),
+            "model.cache-dir": tempfile.mkdtemp(prefix="fedrec-cache-"),
+        }
     res = run(base, args.out, steps=args.steps)
     print(json.dumps({"ratios": res["ratios"], "evaluation": res["evaluation"]}, indent=1))
     return 0

@@ -50,8 +50,12 @@ def run_baselines(corpus: Corpus, *, seed: int) -> dict[str, dict[str, float]]:
     local = corpus.everyone()
     for name in BASELINES:
         base = create_baseline(name, list(corpus.split.train), corpus.data.n_items)
+
+        def score(_rows: np.ndarray, known: list[np.ndarray], b: Any = base) -> np.ndarray:
+            return np.asarray(b.scores_for(known))
+
         ev = evaluate_scores(
-            lambda _rows, known, b=base: b.scores_for(known),
+            score,
             local,
             corpus.data.n_items,
             which="test",
