@@ -60,10 +60,17 @@ def node_setup(
     return cfg, str(node_config.get("site-name", "site")), None
 
 
-@functools.lru_cache(maxsize=4)
-def _site(cfg: RunConfig, name: str, users: tuple[int, ...] | None, ledger: str | None) -> Site:
+@functools.lru_cache(maxsize=2)
+def _shared(cfg: RunConfig) -> tuple[Corpus, Any, RecModel]:
+    """Corpus, catalogue and one model per process and config, shared by every site the
+    process serves (a simulation worker serves many clients in turn; each round loads the
+    received state into the model first, so no state leaks from one client to the next)."""
     torch.manual_seed(cfg.train.seed)
-    corpus, cat, model = setup(cfg)
+    return setup(cfg)
+
+
+def _site(cfg: RunConfig, name: str, users: tuple[int, ...] | None, ledger: str | None) -> Site:
+    corpus, cat, model = _shared(cfg)
     local = corpus.local(np.asarray(users)) if users is not None else corpus.everyone()
     if len(local) == 0:
         raise ValueError(f"site {name} has no users")
