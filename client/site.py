@@ -124,6 +124,9 @@ def train_round(
     privacy budget: the client refuses rather than overspend.
     """
     cfg = site.cfg
+    if len(site.local.trainable()) == 0:
+        return None, {"declined": 1, "num-examples": 0, "reason": f"{site.name} has no user "
+                      "with two or more training interactions"}
     load_trainable_state(site.model, state)
     plan = dp_plan(site)
     events = []
@@ -169,6 +172,7 @@ def train_round(
     )
     metrics: dict[str, Any] = {
         "num-examples": len(site.local),
+        "unit-weight": 1,
         "train_loss": stats.loss,
         "steps": stats.steps,
         "users-trained": stats.users_seen,

@@ -11,6 +11,7 @@ ARRAYS = "arrays"  # the ArrayRecord holding the trainable state
 METRICS = "metrics"  # the MetricRecord of a reply
 CONFIG = "config"  # the ConfigRecord the server sends
 NUM_EXAMPLES = "num-examples"  # weight for FedAvg: users trained / evaluated
+UNIT_WEIGHT = "unit-weight"  # always 1: the weight key under central DP (unweighted mean)
 TRAIN_LOSS = "train_loss"  # key QFedAvg reads
 DECLINED = "declined"  # 1.0 when a client refused to train (budget exhausted)
 PER_USER_PREFIX = "per-user-"  # list-valued per-user metrics (fairness studies)

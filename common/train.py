@@ -143,7 +143,9 @@ def plan_dp(
     q = min(1.0, train.batch_users / n_users)
     steps = max(1, math.ceil(train.epochs / q))
     prior_sigma = 0.0
-    if use_prior and dp.prior_share > 0:
+    if use_prior and math.isinf(dp.epsilon):  # fixed noise, no budget: same noise for the prior
+        prior_sigma = dp.noise_multiplier
+    elif use_prior and dp.prior_share > 0:
         prior_sigma = gaussian_sigma_for(
             dp.prior_share * dp.epsilon, delta=delta, accountant=dp.accountant
         )

@@ -28,7 +28,9 @@ def aggregate_eval(replies: list[Message]) -> dict[str, Any]:
         return out
     keys = {k for m in rows for k, v in m.items() if not isinstance(v, list)} - {R.NUM_EXAMPLES}
     for k in sorted(keys):
-        out[k] = sum(float(m[k]) * float(m[R.NUM_EXAMPLES]) for m in rows if k in m) / total
+        have = [m for m in rows if k in m]
+        weight = sum(float(m[R.NUM_EXAMPLES]) for m in have)
+        out[k] = sum(float(m[k]) * float(m[R.NUM_EXAMPLES]) for m in have) / weight
     out["per_client"] = {
         "hr@10": [float(m.get("hr@10", math.nan)) for m in rows],
         "ndcg@10": [float(m.get("ndcg@10", math.nan)) for m in rows],

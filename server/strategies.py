@@ -20,14 +20,16 @@ from common.config import RunConfig
 
 
 def _common(cfg: RunConfig, n_clients: int) -> dict[str, Any]:
-    m = max(1, round(cfg.fed.fraction_train * n_clients))
+    # Central DP-FedAvg needs an unweighted mean (each client moves it by at most clip / m);
+    # otherwise FedAvg weights by users.
+    weight = R.UNIT_WEIGHT if cfg.dp.mode == "central" else R.NUM_EXAMPLES
     return {
         "fraction_train": cfg.fed.fraction_train,
         "fraction_evaluate": cfg.fed.fraction_evaluate,
-        "min_train_nodes": min(cfg.fed.min_clients, m),
+        "min_train_nodes": min(cfg.fed.min_clients, n_clients),
         "min_evaluate_nodes": min(cfg.fed.min_clients, n_clients),
         "min_available_nodes": min(cfg.fed.min_clients, n_clients),
-        "weighted_by_key": R.NUM_EXAMPLES,
+        "weighted_by_key": weight,
         "arrayrecord_key": R.ARRAYS,
         "configrecord_key": R.CONFIG,
     }
@@ -48,8 +50,11 @@ STRATEGIES: dict[str, Callable[[RunConfig, int], Strategy]] = {
 
 
 def clients_per_round(cfg: RunConfig, n_clients: int) -> int:
-    """How many clients the strategy samples per training round."""
-    return max(1, round(cfg.fed.fraction_train * n_clients), min(cfg.fed.min_clients, n_clients))
+    """How many clients Flower's strategies sample per training round.
+
+    Mirrors ``FedAvg.configure_train``: ``max(int(n * fraction_train), min_train_nodes)``.
+    """
+    return max(int(n_clients * cfg.fed.fraction_train), min(cfg.fed.min_clients, n_clients))
 
 
 def create_strategy(cfg: RunConfig, n_clients: int, *, central_sigma: float = 0.0) -> Strategy:

@@ -1,0 +1,1 @@
+"""Tests of the Flower apps (client, server, simulation runner)."""

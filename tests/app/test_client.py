@@ -1,0 +1,214 @@
+"""The ClientApp handlers on hand-built Messages: what a reply carries, and the privacy ledger."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Message
+
+from client import client_app
+from common import records as R
+from common.config import ConfigError, RunConfig, parse_config
+from common.privacy import PrivacyError
+from common.task import client_users, load_corpus
+
+from .messages import SERVER_NODE, eval_msg, make_context, train_msg
+
+State = dict[str, np.ndarray]
+
+
+def _ledger(run_config: dict[str, Any]) -> Path:
+    return Path(run_config["fed.out-dir"]) / "ledgers" / "client-0.json"
+
+
+def _partition_size(cfg: RunConfig, partition_id: int = 0, n: int = 2) -> int:
+    corpus = load_corpus(cfg.data)
+    return len(client_users(cfg.data, corpus, partition_id, n, cfg.fed.seed))
+
+
+def _metrics(reply: Message) -> dict[str, Any]:
+    return dict(reply.content.metric_records[R.METRICS])
+
+
+def _arrays(reply: Message) -> State:
+    return R.from_record(reply.content.array_records[R.ARRAYS])
+
+
+def test_train_reply_carries_only_the_trainable_state_and_its_metrics(
+    run_config: dict[str, Any], cfg: RunConfig, fresh_state: Callable[[], State]
+) -> None:
+    sent = fresh_state()
+    ctx = make_context(run_config)
+    reply = client_app.train(train_msg(sent, 1), ctx)
+
+    assert not reply.has_error()
+    assert reply.metadata.dst_node_id == SERVER_NODE
+    assert reply.metadata.reply_to_message_id == "train-1"
+    got = _arrays(reply)
+    assert set(got) == set(sent)
+    assert all(k.startswith(("lora.", "head.")) or k == "prior" for k in got)
+    assert not any("lora_" not in k for k in got if k.startswith("lora."))  # no backbone weight
+    for name, value in got.items():
+        assert value.shape == sent[name].shape, name
+        assert value.dtype == sent[name].dtype, name
+    # Trained (DP noise reaches every trainable tensor) and the prior collected in round 1.
+    changed = {k for k in got if not np.array_equal(got[k], sent[k])}
+    assert changed == set(sent)
+
+    m = _metrics(reply)
+    assert m["num-examples"] == _partition_size(cfg) > 0
+    assert m["declined"] == 0
+    assert math.isfinite(m["train_loss"])
+    assert m["steps"] >= 1
+    assert 0 < m["epsilon"] <= cfg.dp.epsilon
+    assert 0 < m["delta"] < 1
+
+    ledger = json.loads(_ledger(run_config).read_text())
+    assert ledger["epsilon"] == pytest.approx(m["epsilon"])
+    assert {r["round"] for r in ledger["rounds"]} == {1}
+    assert ctx.state.config_records["privacy"]["epsilon"] == pytest.approx(m["epsilon"])
+
+
+def test_epsilon_accumulates_over_rounds_in_the_ledger(
+    run_config: dict[str, Any], cfg: RunConfig, fresh_state: Callable[[], State]
+) -> None:
+    ctx = make_context(run_config)
+    first = client_app.train(train_msg(fresh_state(), 1), ctx)
+    second = client_app.train(train_msg(_arrays(first), 2, collect_prior=False), ctx)
+
+    eps1, eps2 = _metrics(first)["epsilon"], _metrics(second)["epsilon"]
+    assert 0 < eps1 < eps2 <= cfg.dp.epsilon * (1 + 1e-6)
+    ledger = json.loads(_ledger(run_config).read_text())
+    assert ledger["epsilon"] == pytest.approx(eps2)
+    assert [r["round"] for r in ledger["rounds"]][-1] == 2
+
+
+def test_exhausted_budget_declines_instead_of_raising(
+    run_config: dict[str, Any], cfg: RunConfig, fresh_state: Callable[[], State]
+) -> None:
+    run_config["fed.rounds"] = 1  # the whole budget is planned for one round
+    ctx = make_context(run_config)
+    first = client_app.train(train_msg(fresh_state(), 1), ctx)
+    spent = _metrics(first)["epsilon"]
+    state = _arrays(first)
+
+    for rnd in (2, 3):
+        reply = client_app.train(train_msg(state, rnd, collect_prior=False), ctx)
+        assert not reply.has_error()
+        assert R.ARRAYS not in reply.content.array_records
+        m = _metrics(reply)
+        assert m["declined"] == 1
+        assert m["epsilon"] == pytest.approx(spent)
+    assert "budget" in str(ctx.state.config_records[R.DECLINED]["reason"])
+    assert json.loads(_ledger(run_config).read_text())["epsilon"] == pytest.approx(spent)
+
+    # Resuming the run with more rounds (the checkpoint allows it) does not refill the budget.
+    run_config["fed.rounds"] = 2
+    reply = client_app.train(train_msg(state, 2, collect_prior=False), make_context(run_config))
+    assert _metrics(reply)["declined"] == 1
+    assert json.loads(_ledger(run_config).read_text())["epsilon"] == pytest.approx(spent)
+
+
+def test_a_redelivered_round_never_spends_twice(
+    run_config: dict[str, Any], fresh_state: Callable[[], State]
+) -> None:
+    ctx = make_context(run_config)
+    sent = fresh_state()
+    spent = _metrics(client_app.train(train_msg(sent, 1), ctx))["epsilon"]
+    try:
+        reply = client_app.train(train_msg(sent, 1), ctx)
+    except PrivacyError as exc:
+        assert "round 1" in str(exc)
+    else:
+        assert _metrics(reply)["declined"] == 1
+    assert json.loads(_ledger(run_config).read_text())["epsilon"] == pytest.approx(spent)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", '{"budget_epsilon": 8.0, "delta": 0.1}', '{"rounds": [{"sigma": "x"}]}', ""],
+    ids=["syntax", "no-rounds", "bad-round", "empty"],
+)
+def test_corrupt_ledger_fails_loudly_naming_the_file(
+    run_config: dict[str, Any], fresh_state: Callable[[], State], content: str
+) -> None:
+    path = _ledger(run_config)
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(PrivacyError, match="corrupt") as info:
+        client_app.train(train_msg(fresh_state(), 1), make_context(run_config))
+    assert str(path) in str(info.value)
+    assert path.read_text() == content  # never reset
+
+
+def test_the_app_routes_train_and_evaluate_messages(
+    run_config: dict[str, Any], fresh_state: Callable[[], State]
+) -> None:
+    ctx = make_context(run_config)
+    state = fresh_state()
+    trained = client_app.app(train_msg(state, 1), ctx)
+    assert trained.metadata.message_type == "train"
+    assert R.ARRAYS in trained.content.array_records
+    evaluated = client_app.app(eval_msg(_arrays(trained)), ctx)
+    assert evaluated.metadata.message_type == "evaluate"
+    assert "hr@10" in _metrics(evaluated)
+
+
+@pytest.mark.parametrize("per_user", [False, True])
+def test_evaluate_reports_ranking_metrics_of_the_partition(
+    run_config: dict[str, Any],
+    cfg: RunConfig,
+    fresh_state: Callable[[], State],
+    per_user: bool,
+) -> None:
+    reply = client_app.evaluate(
+        eval_msg(fresh_state(), per_user=per_user), make_context(run_config)
+    )
+
+    assert not reply.has_error()
+    assert not reply.content.array_records  # evaluation sends nothing back but metrics
+    m = _metrics(reply)
+    n = _partition_size(cfg)
+    assert m["num-examples"] == n
+    for key in ("hr@10", "ndcg@10", "mrr"):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert m["ndcg@10"] <= m["hr@10"]
+    lists = {k: v for k, v in m.items() if isinstance(v, list)}
+    if not per_user:
+        assert not lists
+        return
+    assert set(lists) == {"per-user-user", "per-user-hr@10", "per-user-ndcg@10"}
+    assert all(len(v) == n for v in lists.values())
+    assert np.mean(lists["per-user-hr@10"]) == pytest.approx(m["hr@10"])
+    assert np.mean(lists["per-user-ndcg@10"]) == pytest.approx(m["ndcg@10"])
+
+
+def test_second_partition_evaluates_its_own_users(
+    run_config: dict[str, Any], cfg: RunConfig, fresh_state: Callable[[], State]
+) -> None:
+    msg = eval_msg(fresh_state(), per_user=True)
+    users = [
+        set(_metrics(client_app.evaluate(msg, make_context(run_config, pid)))["per-user-user"])
+        for pid in (0, 1)
+    ]
+    assert not users[0] & users[1]
+    assert len(users[0] | users[1]) == load_corpus(cfg.data).data.n_users
+
+
+def test_fixed_noise_without_budget_trains_or_is_rejected_by_the_config(
+    run_config: dict[str, Any], fresh_state: Callable[[], State]
+) -> None:
+    run_config.update({"dp.epsilon": math.inf, "dp.noise-multiplier": 1.0})
+    try:
+        parse_config(run_config)
+    except ConfigError as exc:  # rejected at the edge, naming the conflicting key: fine
+        assert "dp." in str(exc)
+        return
+    reply = client_app.train(train_msg(fresh_state(), 1), make_context(run_config))
+    assert R.ARRAYS in reply.content.array_records
