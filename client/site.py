@@ -15,6 +15,7 @@ from common.catalogue import default_cache_dir
 from common.config import RunConfig
 from common.evaluate import evaluate_scores, model_score_fn
 from common.metrics import RankingEvaluator
+from common.canary import make_canaries
 from common.model import RecModel, load_trainable_state, trainable_state
 from common.privacy import Ledger, PrivacyError
 from common.records import state_digest
@@ -33,6 +34,7 @@ class Site:
     model: RecModel
     cat: Any
     ledger_path: Path | None
+    trainees: LocalData  # who trains: `local` plus this site's included audit canaries
 
 
 def node_setup(
@@ -69,12 +71,31 @@ def _shared(cfg: RunConfig) -> tuple[Corpus, Any, RecModel]:
     return setup(cfg)
 
 
-def _site(cfg: RunConfig, name: str, users: tuple[int, ...] | None, ledger: str | None) -> Site:
+def _site(cfg: RunConfig, name: str, users: tuple[int, ...] | None, ledger: str | None,
+          site_index: int, n_sites: int) -> Site:
     corpus, cat, model = _shared(cfg)
     local = corpus.local(np.asarray(users)) if users is not None else corpus.everyone()
     if len(local) == 0:
         raise ValueError(f"site {name} has no users")
-    return Site(cfg, name, corpus, local, model, cat, Path(ledger) if ledger else None)
+    return Site(cfg, name, corpus, local, model, cat, Path(ledger) if ledger else None,
+                with_canaries(cfg, local, corpus.data.n_items, site_index, n_sites))
+
+
+def with_canaries(cfg: RunConfig, local: LocalData, n_items: int, site_index: int,
+                  n_sites: int) -> LocalData:
+    """`local` plus the included audit canaries assigned to this site (training only)."""
+    if cfg.audit.canaries == 0:
+        return local
+    can = make_canaries(n_items, cfg.audit.canaries, history=cfg.audit.canary_history,
+                        n_sites=n_sites, seed=cfg.audit.seed)
+    mine = np.flatnonzero(can.included & (can.sites == site_index))
+    seqs = can.sequences
+    return LocalData(
+        np.concatenate([local.users, -1 - mine]),  # canaries get negative user ids
+        [*local.train, *(seqs[j] for j in mine)],
+        np.concatenate([local.valid, can.targets[mine]]),
+        np.concatenate([local.test, can.targets[mine]]),
+    )
 
 
 def get_site(run_config: dict[str, Any], node_config: dict[str, Any]) -> Site:
@@ -84,7 +105,10 @@ def get_site(run_config: dict[str, Any], node_config: dict[str, Any]) -> Site:
     if ledger is None and cfg.dp.local:
         root = Path(cfg.dp.ledger_dir or os.path.join(cfg.fed.out_dir, "ledgers"))
         ledger = str(root / f"{name}.json")
-    return _site(cfg, name, None if users is None else tuple(int(u) for u in users), ledger)
+    index, n_sites = (int(node_config["partition-id"]), int(node_config["num-partitions"])) \
+        if "partition-id" in node_config else (0, 1)
+    return _site(cfg, name, None if users is None else tuple(int(u) for u in users), ledger,
+                 index, n_sites)
 
 
 def dp_plan(site: Site) -> DPPlan | None:
@@ -94,7 +118,7 @@ def dp_plan(site: Site) -> DPPlan | None:
     return plan_dp(
         site.cfg.dp,
         site.cfg.train,
-        n_users=len(site.local.trainable()),
+        n_users=len(site.trainees.trainable()),
         rounds=site.cfg.fed.rounds,
         use_prior=site.cfg.model.prior,
     )
@@ -124,7 +148,7 @@ def train_round(
     privacy budget: the client refuses rather than overspend.
     """
     cfg = site.cfg
-    if len(site.local.trainable()) == 0:
+    if len(site.trainees.trainable()) == 0:
         return None, {"declined": 1, "num-examples": 0, "reason": f"{site.name} has no user "
                       "with two or more training interactions"}
     load_trainable_state(site.model, state)
@@ -148,7 +172,7 @@ def train_round(
     if collect_prior and cfg.model.prior:
         sigma = plan.prior_sigma if plan is not None else 0.0
         hist = local_histogram(
-            site.local,
+            site.trainees,
             site.corpus.data.n_items,
             recent=cfg.data.history_len,
             sigma=sigma,
@@ -156,12 +180,12 @@ def train_round(
         )
         with torch.no_grad():
             # Average of per-site (hist / n_users) weighted by n_users = global sum / N.
-            site.model.prior.copy_(torch.from_numpy(hist / len(site.local)).float())
+            site.model.prior.copy_(torch.from_numpy(hist / len(site.trainees)).float())
     anchor = trainable_state(site.model) if proximal_mu > 0 else None
     stats = train(
         site.model,
         site.cat,
-        site.local,
+        site.trainees,
         cfg.train,
         history_len=cfg.data.history_len,
         plan=plan,
@@ -171,7 +195,7 @@ def train_round(
         anchor=anchor,
     )
     metrics: dict[str, Any] = {
-        "num-examples": len(site.local),
+        "num-examples": len(site.trainees),
         "unit-weight": 1,
         "train_loss": stats.loss,
         "steps": stats.steps,

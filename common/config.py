@@ -226,6 +226,20 @@ class FedConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """Canary users for the empirical privacy audit (0 canaries = off)."""
+
+    canaries: int
+    canary_history: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        _check(self.canaries >= 0, "audit.canaries", self.canaries, "must be >= 0 (0 = off)")
+        _check(self.canary_history >= 1, "audit.canary-history", self.canary_history,
+               "must be >= 1")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole run configuration."""
 
@@ -234,6 +248,7 @@ class RunConfig:
     train: TrainConfig
     dp: DPConfig
     fed: FedConfig
+    audit: AuditConfig
 
     def flat(self) -> dict[str, ConfigValue]:
         """Return the flat, kebab-case mapping this config was parsed from."""
@@ -326,6 +341,7 @@ def parse_config(
         train=TrainConfig(**values["train"]),
         dp=DPConfig(**values["dp"]),
         fed=FedConfig(**values["fed"]),
+        audit=AuditConfig(**values["audit"]),
     )
 
 
