@@ -42,7 +42,11 @@ def resolve_backbone(name: str) -> Path:
 
 def load_backbone(name: str) -> PreTrainedModel:
     """Load a frozen BERT-family encoder from `resolve_backbone(name)`."""
-    model = AutoModel.from_pretrained(resolve_backbone(name))
+    # The backbone is frozen and LoRA runs without dropout: switch dropout off so that a
+    # training step depends only on its seed (and Opacus still sees modules in train mode).
+    model = AutoModel.from_pretrained(
+        resolve_backbone(name), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     if not hasattr(model, "encoder") or not hasattr(model.encoder, "layer"):
         raise ValueError(
             f"`model.backbone` {name!r} is not a BERT-style encoder (got {type(model).__name__})."

@@ -120,8 +120,14 @@ def build_catalogue(
 
 
 def _weights_stamp(path: Path) -> str:
-    files = sorted(p for p in Path(path).glob("*") if p.is_file())
-    return ";".join(f"{p.name}:{p.stat().st_size}" for p in files)
+    """Content hash of the backbone folder's files (new weights invalidate the cache)."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in Path(path).glob("*") if q.is_file()):
+        h.update(p.name.encode())
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:

@@ -42,6 +42,12 @@ class DataConfig:
             "must be in [0, 1)",
         )
         _check(self.history_len >= 1, "data.history-len", self.history_len, "must be >= 1")
+        _check(self.min_interactions >= 0, "data.min-interactions", self.min_interactions,
+               "must be >= 0")
+        _check(self.synthetic_users >= 1, "data.synthetic-users", self.synthetic_users,
+               "must be >= 1")
+        _check(self.synthetic_items >= 2, "data.synthetic-items", self.synthetic_items,
+               "must be >= 2")
         _check(
             self.partitioning in ("iid", "dirichlet", "user"),
             "data.partitioning",
@@ -91,6 +97,7 @@ class ModelConfig:
     proj_dim: int
     temperature: float
     prior: bool
+    prior_weight: float
     cache_lower_layers: bool
     cache_dir: str
 
@@ -115,8 +122,8 @@ class TrainConfig:
     eval_users: int
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
-        _check(self.epochs > 0, "train.epochs", self.epochs, "must be > 0")
+        _check(0 < self.lr < math.inf, "train.lr", self.lr, "must be finite and > 0")
+        _check(0 < self.epochs < math.inf, "train.epochs", self.epochs, "must be finite and > 0")
         _check(self.batch_users >= 1, "train.batch-users", self.batch_users, "must be >= 1")
         _check(
             self.targets_per_user >= 1,
@@ -214,6 +221,10 @@ class FedConfig:
             "must be in [0, 1]",
         )
         _check(self.min_clients >= 1, "fed.min-clients", self.min_clients, "must be >= 1")
+        _check(self.round_timeout > 0, "fed.round-timeout", self.round_timeout, "must be > 0")
+        _check(self.proximal_mu >= 0, "fed.proximal-mu", self.proximal_mu, "must be >= 0")
+        _check(self.qffl_q >= 0, "fed.qffl-q", self.qffl_q, "must be >= 0")
+        _check(self.qffl_lr > 0, "fed.qffl-lr", self.qffl_lr, "must be > 0")
         _check(self.central_clip > 0, "fed.central-clip", self.central_clip, "must be > 0")
         _check(self.central_noise >= 0, "fed.central-noise", self.central_noise, "must be >= 0")
         _check(

@@ -81,7 +81,7 @@ class RecModel(nn.Module):
             self.recency = nn.Embedding(history_len, 1)
             nn.init.zeros_(self.recency.weight)
             self.prior_weight = nn.Linear(1, 1, bias=False)
-            nn.init.constant_(self.prior_weight.weight, 1.0 if cfg.prior else 0.0)
+            nn.init.constant_(self.prior_weight.weight, cfg.prior_weight if cfg.prior else 0.0)
         if not cfg.prior:
             self.prior_weight.weight.requires_grad_(False)
         self.register_buffer(PRIOR_KEY, torch.zeros(n_items))
@@ -156,11 +156,11 @@ def trainable_state(model: RecModel) -> dict[str, np.ndarray]:
     for name, value in adapter.items():
         live = name.replace(".weight", ".default.weight")
         if any(t.endswith(live) or t == live for t in trainable):
-            out[f"lora.{name}"] = value.detach().cpu().numpy()
+            out[f"lora.{name}"] = value.detach().cpu().numpy().copy()
     for name, p in model.named_parameters():
         if p.requires_grad and not name.startswith("bert."):
-            out[f"head.{name}"] = p.detach().cpu().numpy()
-    out[PRIOR_KEY] = model.prior.detach().cpu().numpy()
+            out[f"head.{name}"] = p.detach().cpu().numpy().copy()
+    out[PRIOR_KEY] = model.prior.detach().cpu().numpy().copy()
     return out
 
 
@@ -209,7 +209,7 @@ def load_adapter(
     folder = Path(folder)
     model = RecModel(cfg, n_items=n_items, history_len=history_len, device=device)
     base = model.bert.get_base_model()
-    loaded = PeftModel.from_pretrained(base, str(folder)).to(device)
+    loaded = PeftModel.from_pretrained(base, str(folder), is_trainable=True).to(device)
     model.bert = loaded
     head = load_file(str(folder / HEAD_FILE))
     params = dict(model.named_parameters())

@@ -34,6 +34,9 @@ def epsilon_of(events: Sequence[Event], *, delta: float, accountant: str = "prv"
         raise ValueError(f"`accountant` must be one of {ACCOUNTANTS}, got {accountant!r}.")
     if not 0 < delta < 1:
         raise ValueError(f"`delta` must be in (0, 1), got {delta}.")
+    for sigma, q, steps in events:
+        if not (math.isfinite(sigma) and sigma >= 0 and 0 <= q <= 1 and steps >= 0):
+            raise ValueError(f"invalid accountant event (sigma={sigma}, q={q}, steps={steps})")
     events = [e for e in events if e[2] > 0 and e[1] > 0]
     if not events:
         return 0.0
@@ -186,7 +189,10 @@ class Ledger:
             rounds = list(raw["rounds"])
             stored = (float(raw["budget_epsilon"]), float(raw["delta"]))
             for r in rounds:
-                float(r["sigma"]), float(r["q"]), int(r["steps"]), int(r["round"])
+                sigma, q, steps = float(r["sigma"]), float(r["q"]), int(r["steps"])
+                int(r["round"]), str(r["kind"])
+                if not (math.isfinite(sigma) and sigma >= 0 and 0 < q <= 1 and steps >= 0):
+                    raise ValueError(f"invalid round entry {r}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise PrivacyError(
                 f"privacy ledger {path} is unreadable or corrupt ({exc}); refusing to train "
@@ -208,6 +214,8 @@ def user_histogram(histories: Sequence[np.ndarray], n_items: int, *, recent: int
     Each user contributes ``1/sqrt(m)`` to each of its m distinct recent items, so one user
     changes the sum by at most 1 in L2 norm (the Gaussian mechanism's sensitivity).
     """
+    if recent < 1:
+        raise ValueError(f"`recent` must be >= 1, got {recent}.")
     hist = np.zeros(n_items, dtype=np.float64)
     for items in histories:
         uniq = np.unique(np.asarray(items)[-recent:])

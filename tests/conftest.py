@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -120,4 +119,3 @@ def make_model(cfg: RunConfig, corpus: Corpus) -> Callable[..., RecModel]:
         return perturb(model, seed) if perturbed else model.eval()
 
     return make
-

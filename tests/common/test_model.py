@@ -1,4 +1,4 @@
-"""RecModel: what travels round-trips, PEFT's adapter format, and the exactness of the layer cache."""
+"""RecModel: what travels round-trips, PEFT adapter files, and the exact lower-layer cache."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from common.model import (
     save_adapter,
     trainable_state,
 )
+from common.task import Corpus, load_catalogue
 from common.train import Batch, LocalData, make_batch
 
 TINY_LAYERS = 2
@@ -30,9 +31,15 @@ TINY_LAYERS = 2
 
 @pytest.fixture
 def batch(cfg: RunConfig, local: LocalData) -> Batch:
-    return make_batch(local, local.trainable()[:6], history_len=cfg.data.history_len,
-                      targets=cfg.train.targets_per_user, negatives=cfg.train.negatives,
-                      n_items=60, rng=np.random.default_rng(0))
+    return make_batch(
+        local,
+        local.trainable()[:6],
+        history_len=cfg.data.history_len,
+        targets=cfg.train.targets_per_user,
+        negatives=cfg.train.negatives,
+        n_items=60,
+        rng=np.random.default_rng(0),
+    )
 
 
 @torch.no_grad()
@@ -49,8 +56,11 @@ def copy_state(model: RecModel) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("ffa", [False, True], ids=["lora", "ffa-lora"])
 def test_trainable_state_round_trip_reproduces_scores(
-    ffa: bool, make_cfg: Callable[..., RunConfig], make_model: Callable[..., RecModel],
-    catalogue: Catalogue, batch: Batch,
+    ffa: bool,
+    make_cfg: Callable[..., RunConfig],
+    make_model: Callable[..., RecModel],
+    catalogue: Catalogue,
+    batch: Batch,
 ) -> None:
     cfg = make_cfg(**{"model.lora.ffa": ffa})
     src, dst = make_model(cfg, seed=1), make_model(cfg, seed=2)
@@ -60,8 +70,9 @@ def test_trainable_state_round_trip_reproduces_scores(
     assert any("lora_B" in k for k in lora)
     assert any("lora_A" in k for k in lora) != ffa  # FFA-LoRA sends B only
     assert {"head.attn.weight", "head.attn.bias", "head.recency.weight"} <= names
-    assert PRIOR_KEY in names and names <= lora | {PRIOR_KEY} | {k for k in names if
-                                                                 k.startswith("head.")}
+    assert PRIOR_KEY in names and names <= lora | {PRIOR_KEY} | {
+        k for k in names if k.startswith("head.")
+    }
     assert not any(".default." in k for k in lora)  # PEFT's portable names
     assert not torch.allclose(scores(src, batch, catalogue), scores(dst, batch, catalogue))
     load_trainable_state(dst, state)
@@ -69,8 +80,9 @@ def test_trainable_state_round_trip_reproduces_scores(
     assert set(got) == names
     for k in names:
         np.testing.assert_array_equal(got[k], state[k], err_msg=k)
-    torch.testing.assert_close(scores(dst, batch, catalogue), scores(src, batch, catalogue),
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        scores(dst, batch, catalogue), scores(src, batch, catalogue), atol=0, rtol=0
+    )
 
 
 def test_trainable_state_sends_no_backbone_weight(make_model: Callable[..., RecModel]) -> None:
@@ -105,8 +117,11 @@ def _short_prior(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], s
     return {**state, PRIOR_KEY: state[PRIOR_KEY][:-1]}, PRIOR_KEY
 
 
-@pytest.mark.parametrize("corrupt", [_drop, _extra, _renamed, _reshaped, _short_prior],
-                         ids=["missing", "extra", "renamed", "shape", "prior-shape"])
+@pytest.mark.parametrize(
+    "corrupt",
+    [_drop, _extra, _renamed, _reshaped, _short_prior],
+    ids=["missing", "extra", "renamed", "shape", "prior-shape"],
+)
 def test_load_trainable_state_rejects_mismatches_naming_the_key(
     corrupt: Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray], str]],
     make_model: Callable[..., RecModel],
@@ -120,9 +135,6 @@ def test_load_trainable_state_rejects_mismatches_naming_the_key(
     assert all(np.array_equal(before[k], after[k]) for k in before), "partially loaded"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: trainable_state() returns `p.detach().cpu().numpy()`, "
-                   "which on CPU is a view of the live parameter: the 'state' changes when the "
-                   "model trains afterwards (breaks FedProx anchors and before/after deltas)")
 def test_trainable_state_is_a_snapshot(make_model: Callable[..., RecModel]) -> None:
     model = make_model()
     state = trainable_state(model)
@@ -141,8 +153,12 @@ def test_trainable_state_is_a_snapshot(make_model: Callable[..., RecModel]) -> N
 
 @pytest.mark.parametrize("ffa", [False, True], ids=["lora", "ffa-lora"])
 def test_saved_adapter_loads_with_peft_and_reproduces_scores(
-    ffa: bool, tmp_path: Path, make_cfg: Callable[..., RunConfig],
-    make_model: Callable[..., RecModel], catalogue: Catalogue, batch: Batch,
+    ffa: bool,
+    tmp_path: Path,
+    make_cfg: Callable[..., RunConfig],
+    make_model: Callable[..., RecModel],
+    catalogue: Catalogue,
+    batch: Batch,
 ) -> None:
     cfg = make_cfg(**{"model.lora.ffa": ffa})
     src = make_model(cfg, seed=3)
@@ -159,14 +175,11 @@ def test_saved_adapter_loads_with_peft_and_reproduces_scores(
         torch.testing.assert_close(got[n], want[n], atol=0, rtol=0)
 
     loaded = load_adapter(cfg.model, folder, n_items=60, history_len=cfg.data.history_len)
-    torch.testing.assert_close(scores(loaded, batch, catalogue), scores(src, batch, catalogue),
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        scores(loaded, batch, catalogue), scores(src, batch, catalogue), atol=0, rtol=0
+    )
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_adapter() uses PeftModel.from_pretrained(...) "
-                   "without is_trainable=True, so the reloaded LoRA tensors are frozen: "
-                   "trainable_state() of the reloaded model has no `lora.` keys (resuming from a "
-                   "saved adapter would train and send the head only)")
 def test_load_adapter_restores_what_travels(
     tmp_path: Path, cfg: RunConfig, make_model: Callable[..., RecModel]
 ) -> None:
@@ -187,8 +200,11 @@ def full_run(cfg: RunConfig, catalogue: Catalogue) -> tuple[torch.Tensor, torch.
     """Slow reference: the whole frozen backbone from tokens, all hidden states in fp32."""
     bert = load_backbone(cfg.model.backbone)
     with torch.no_grad():
-        out = bert(input_ids=catalogue.input_ids, attention_mask=catalogue.attention_mask,
-                   output_hidden_states=True)
+        out = bert(
+            input_ids=catalogue.input_ids,
+            attention_mask=catalogue.attention_mask,
+            output_hidden_states=True,
+        )
     return out.hidden_states[catalogue.n_lower], out.last_hidden_state
 
 
@@ -204,9 +220,13 @@ def test_cache_holds_the_frozen_backbone_states(
 
 
 def test_top_layers_on_cached_states_equal_the_whole_backbone(
-    make_cfg: Callable[..., RunConfig], make_model: Callable[..., RecModel],
-    make_catalogue: Callable[..., Catalogue], catalogue: Catalogue,
-    full_run: tuple[torch.Tensor, torch.Tensor], batch: Batch,
+    make_cfg: Callable[..., RunConfig],
+    make_model: Callable[..., RecModel],
+    make_catalogue: Callable[..., Catalogue],
+    catalogue: Catalogue,
+    full_run: tuple[torch.Tensor, torch.Tensor],
+    batch: Batch,
+    corpus: Corpus,
 ) -> None:
     model = make_model()  # random non-zero LoRA: the adapted layers really run
     items = torch.arange(catalogue.n_items)
@@ -215,8 +235,13 @@ def test_top_layers_on_cached_states_equal_the_whole_backbone(
     with torch.no_grad():
         from_tokens = model.encode_items(items, tokens)
         from_cache = model.encode_items(items, catalogue)
-        exact = Catalogue(catalogue.input_ids, catalogue.attention_mask,
-                          full_run[0].numpy(), catalogue.frozen, catalogue.n_lower)
+        exact = Catalogue(
+            catalogue.input_ids,
+            catalogue.attention_mask,
+            full_run[0].numpy(),
+            catalogue.frozen,
+            catalogue.n_lower,
+        )
         from_fp32 = model.encode_items(items, exact)
     # the hand-off (additive mask, truncation to the longest text) is exact ...
     torch.testing.assert_close(from_fp32, from_tokens, atol=2e-6, rtol=0)
@@ -225,11 +250,21 @@ def test_top_layers_on_cached_states_equal_the_whole_backbone(
     # and a subset of items (shorter width) gives the same vectors as the full catalogue
     sub = torch.tensor([5, 0, 17])
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_items(sub, catalogue), from_cache[sub],
-                                   atol=1e-6, rtol=0)
-    cfg_off = make_cfg(**{"model.cache-lower-layers": False})
-    assert torch.allclose(scores(model, batch, catalogue), scores(model, batch, tokens),
-                          atol=1e-4 / cfg_off.model.temperature)
+        torch.testing.assert_close(
+            model.encode_items(sub, catalogue), from_cache[sub], atol=1e-6, rtol=0
+        )
+    # the config route: model.cache-lower-layers = false builds a catalogue without the cache
+    off, on = (make_cfg(**{"model.cache-lower-layers": flag}) for flag in (False, True))
+    texts = tuple(corpus.data.item_texts)
+    via_off = load_catalogue(off.model, texts, TINY_LAYERS)
+    via_on = load_catalogue(on.model, texts, TINY_LAYERS)
+    assert via_off.lower is None and via_on.lower is not None
+    torch.testing.assert_close(
+        scores(model, batch, via_off),
+        scores(model, batch, via_on),
+        atol=1e-4 / off.model.temperature,
+        rtol=0,
+    )
 
 
 def _files(folder: Path) -> dict[str, int]:
@@ -237,13 +272,19 @@ def _files(folder: Path) -> dict[str, int]:
 
 
 def test_catalogue_cache_is_reused_and_keyed_by_max_tokens(
-    tmp_path: Path, cfg: RunConfig, corpus, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    tmp_path: Path, cfg: RunConfig, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     texts = list(corpus.data.item_texts)
 
     def build(max_tokens: int, n_lower: int = 1) -> Catalogue:
-        return build_catalogue(texts, backbone=cfg.model.backbone, max_tokens=max_tokens,
-                               n_lower=n_lower, cache_lower=True, cache_dir=tmp_path)
+        return build_catalogue(
+            texts,
+            backbone=cfg.model.backbone,
+            max_tokens=max_tokens,
+            n_lower=n_lower,
+            cache_lower=True,
+            cache_dir=tmp_path,
+        )
 
     first = build(32)
     (folder,) = (tmp_path / "catalogue").iterdir()
@@ -264,19 +305,18 @@ def test_catalogue_cache_is_reused_and_keyed_by_max_tokens(
     assert short.input_ids.shape[1] == 6
     other = build(32, n_lower=0)
     assert len(list((tmp_path / "catalogue").iterdir())) == 3
+    assert short.lower is not None and other.lower is not None and first.lower is not None
     assert short.lower.shape[1] == 6 and not np.array_equal(other.lower, first.lower)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the catalogue cache key stamps backbone files by name "
-                   "and size only (_weights_stamp), so new weights of the same shape in the same "
-                   "folder silently reuse the stale cached states")
-def test_catalogue_cache_is_invalidated_by_new_weights(tmp_path: Path, corpus) -> None:  # noqa: ANN001
+def test_catalogue_cache_is_invalidated_by_new_weights(tmp_path: Path, corpus: Corpus) -> None:
     texts = list(corpus.data.item_texts)[:10]
     bb = tmp_path / "backbone"
 
     def build(cache: Path) -> Catalogue:
-        return build_catalogue(texts, backbone=str(bb), max_tokens=16, n_lower=1,
-                               cache_lower=True, cache_dir=cache)
+        return build_catalogue(
+            texts, backbone=str(bb), max_tokens=16, n_lower=1, cache_lower=True, cache_dir=cache
+        )
 
     make_tiny_backbone(bb, hidden=32, layers=TINY_LAYERS, seed=0)
     old = build(tmp_path / "cache")

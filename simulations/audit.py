@@ -1,0 +1,462 @@
+"""Privacy audit of a federated run: canary epsilon lower bounds, membership attack, ledgers.
+
+Example::
+
+    python -m simulations.audit --preset quick --out runs/audit-quick
+    python -m simulations.audit --preset nodp --out runs/audit-nodp --require-power
+
+``--preset X`` reads ``simulations/presets/audit-X.toml`` (else ``X.toml``). The run goes
+through the real Flower simulation (`simulations.federated.run`) into ``OUT/run``; the audit
+then loads the final adapter and writes ``OUT/audit.json``, ``OUT/audit.md`` and
+``OUT/roc.png``. Exit 0 = every empirical lower bound is at most the accounted epsilon and
+the ledgers agree; 1 = FAIL (a violation); 2 = bad input; 3 = ``--require-power`` and the
+canary bound is 0. See docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common import audit as A
+from common.canary import make_canaries
+from common.config import ConfigError, RunConfig, parse_config, parse_overrides
+from common.evaluate import ScoreFn, model_score_fn
+from common.model import RecModel, load_adapter
+from common.privacy import epsilon_of
+from common.task import device, load_catalogue, load_corpus
+from simulations import federated
+from simulations.io import write_json_atomic
+
+# The attack family: each gives one score per (history, item); the bounds take the best attack
+# with a correction for having chosen it (Bonferroni for the one-run bound, a held-out half
+# for Clopper-Pearson).
+ATTACKS = ("model", "prior")
+
+
+def resolve_preset(name: str) -> dict[str, Any]:
+    """`audit-<name>.toml` if it exists, else `<name>.toml` ('' = none)."""
+    if name and (federated.PRESETS / f"audit-{name}.toml").exists():
+        name = f"audit-{name}"
+    return federated.load_preset(name)
+
+
+def target_scores(score: ScoreFn, known: list[np.ndarray], items: np.ndarray) -> np.ndarray:
+    """Score of ``items[j]`` for a user whose known history is ``known[j]``."""
+    out = np.empty(len(items), dtype=np.float64)
+    for s in range(0, len(items), 256):
+        block = score(np.arange(s, min(s + 256, len(items))), known[s : s + 256])
+        out[s : s + len(block)] = block[np.arange(len(block)), items[s : s + 256]]
+    return out
+
+
+class Scorer:
+    """The attacks' scores of (history, item) pairs under the audited model.
+
+    ``model`` (black-box): the final model's score of the item given the history minus the
+    score under the public, seeded initial model, which isolates what training changed.
+    ``prior`` (white-box): the smallest released popularity-prior value among the item and
+    the history items; a user's own interactions raise each of them.
+    """
+
+    def __init__(self, cfg: RunConfig, adapter: Path, attacks: tuple[str, ...]) -> None:
+        unknown = sorted(set(attacks) - set(ATTACKS))
+        if unknown or not attacks:
+            raise ValueError(f"attacks must be a non-empty subset of {ATTACKS}, got {attacks}")
+        self.attacks = attacks
+        corpus = load_corpus(cfg.data)
+        n_items, hl = corpus.data.n_items, cfg.data.history_len
+        torch.manual_seed(cfg.train.seed)
+        final = load_adapter(cfg.model, adapter, n_items=n_items, history_len=hl, device=device())
+        cat = load_catalogue(
+            cfg.model, corpus.data.item_texts, final.n_lower + cfg.model.lora.layers
+        )
+        self.prior = final.prior.detach().cpu().numpy().astype(np.float64)
+        ref = RecModel(cfg.model, n_items=n_items, history_len=hl, device=device())
+        self.final = model_score_fn(final.eval(), cat, history_len=hl)
+        self.ref = model_score_fn(ref.eval(), cat, history_len=hl)
+
+    def __call__(
+        self, known: list[np.ndarray], items: np.ndarray, *, prior_of_history: bool = True
+    ) -> dict[str, np.ndarray]:
+        """{attack: scores of `items` given `known`}; higher means "member".
+
+        With ``prior_of_history=False`` the prior attack looks at the item alone (for a real
+        user, the history items are members either way).
+        """
+        out = {}
+        if "model" in self.attacks:
+            out["model"] = target_scores(self.final, known, items) - target_scores(
+                self.ref, known, items
+            )
+        if "prior" in self.attacks:
+            out["prior"] = np.array(
+                [
+                    min(self.prior[i], self.prior[k].min())
+                    if prior_of_history and len(k)
+                    else self.prior[i]
+                    for k, i in zip(known, items, strict=True)
+                ]
+            )
+        return out
+
+
+def audit_canaries(
+    cfg: RunConfig,
+    scorer: Scorer,
+    *,
+    delta_run: float,
+    delta_audit: float,
+    confidence: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Score every canary (the auditor knows them all, not `included`) and bound epsilon."""
+    can = make_canaries(
+        load_corpus(cfg.data).data.n_items,
+        cfg.audit.canaries,
+        history=cfg.audit.canary_history,
+        n_sites=cfg.data.num_sites,
+        seed=cfg.audit.seed,
+    )
+    scores = scorer(list(can.histories), can.targets)
+    inc = can.included
+    family = len(A.guess_grid(len(inc))) * len(scores)
+    out: dict[str, Any] = {"m": len(inc), "n_included": int(inc.sum()), "attacks": {}}
+    for key, d in (("run_delta", delta_run), ("audit_delta", delta_audit)):
+        ones = {
+            a: A.best_one_run_bound(s, inc, delta=d, confidence=confidence, family_size=family)
+            for a, s in scores.items()
+        }
+        cps = {
+            a: A.tpr_fpr_epsilon_lower_bound(s[inc], s[~inc], d, confidence, seed=seed)
+            for a, s in scores.items()
+        }
+        one_a = max(ones, key=lambda a: ones[a]["epsilon_lb"])
+        cp_a = max(cps, key=lambda a: cps[a]["selection_epsilon_lb"])  # chosen on half A
+        out[key] = {
+            "delta": d,
+            "one_run": {**ones[one_a], "attack": one_a},
+            "clopper_pearson": {**cps[cp_a], "attack": cp_a},
+            "per_attack": {
+                a: {"one_run": ones[a]["epsilon_lb"], "clopper_pearson": cps[a]["epsilon_lb"]}
+                for a in ones
+            },
+        }
+    out["attacks"] = {a: A.membership_attack(s[inc], s[~inc]) for a, s in scores.items()}
+    return out
+
+
+def attack_real_users(cfg: RunConfig, scorer: Scorer) -> dict[str, Any]:
+    """Per-interaction attack: each user's last training item (member) vs its test item."""
+    split = load_corpus(cfg.data).split
+    users = [u for u, t in enumerate(split.train) if len(t) >= 2]
+    member = scorer(
+        [split.train[u][:-1] for u in users],
+        np.array([split.train[u][-1] for u in users]),
+        prior_of_history=False,
+    )
+    non = scorer(
+        [np.append(split.train[u], split.valid[u]) for u in users],
+        split.test[users],
+        prior_of_history=False,
+    )
+    return {a: {**A.membership_attack(member[a], non[a]), "unit": "interaction"} for a in member}
+
+
+def accounted(res: dict[str, Any], ledgers: dict[str, Any], delta_audit: float) -> dict[str, Any]:
+    """The run's epsilon (upper bound) at its delta, and recomputed at the audit delta."""
+    p = res["privacy"]
+    if p["mode"] == "none":
+        return {"epsilon_run": math.inf, "epsilon_audit": math.inf, "delta_run": None}
+    if p["mode"] != "local":
+        raise ConfigError("the canary audit needs dp.mode 'local' or 'none' (user-level DP)")
+    at = [epsilon_of(A._events(led["rounds"]), delta=delta_audit) for led in ledgers.values()]
+    return {
+        "epsilon_run": float(p["epsilon"]),
+        "delta_run": float(p["delta"]),
+        "epsilon_audit": max(at) if at else math.nan,
+    }
+
+
+def verdict(report: dict[str, Any]) -> tuple[bool, list[str]]:
+    """(ok, lines): every rigorous lower bound <= its upper bound, and the ledgers agree."""
+    acc, can, lines, ok = report["accounted"], report["canaries"], [], True
+    for key, ub in (("run_delta", acc["epsilon_run"]), ("audit_delta", acc["epsilon_audit"])):
+        d = can[key]["delta"]
+        lb = can[key]["one_run"]["epsilon_lb"]
+        good = lb <= ub * (1 + 1e-9)
+        ok &= good
+        lines.append(
+            f"{'PASS' if good else 'FAIL'}: one-run lower bound {lb:.3f} "
+            f"{'<=' if good else '>'} accounted epsilon {ub:.3f} at delta {d:.3g}"
+        )
+        cp = can[key]["clopper_pearson"]["epsilon_lb"]
+        if cp > ub:
+            lines.append(
+                f"WARN: heuristic Clopper-Pearson bound {cp:.3f} > {ub:.3f} at delta {d:.3g}"
+            )
+    led = report["ledger"]
+    if led is not None:
+        ok &= led["ok"]
+        lines.append(
+            "PASS: ledgers agree with the reported epsilons"
+            if led["ok"]
+            else "FAIL: ledger check: "
+            + "; ".join(f for c in led["clients"].values() for f in c["flags"])
+        )
+    return bool(ok), lines
+
+
+def plot_roc(report: dict[str, Any], path: Path) -> None:
+    """ROC curves of every attack on canaries and real users, log-scaled FPR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for who, attacks in (
+        ("canary users", report["canaries"]["attacks"]),
+        ("real users, per interaction", report["real_users"]),
+    ):
+        for name, att in attacks.items():
+            ax.plot(
+                np.maximum(att["roc_fpr"], 1e-4),
+                att["roc_tpr"],
+                label=f"{who}, {name}: AUC {att['auc']:.3f}",
+            )
+    grid = np.logspace(-4, 0, 50)
+    ax.plot(grid, grid, "k--", lw=0.8, label="chance")
+    ax.set(
+        xscale="log",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        xlim=(1e-4, 1),
+        ylim=(0, 1),
+        title="membership inference (FPR < 1e-4 drawn at 1e-4)",
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _attack_row(who: str, name: str, a: dict[str, Any]) -> str:
+    return (
+        f"| {who} | {name} | {a['auc']:.3f} | {a['tpr@fpr0.01']:.3f} | "
+        f"{a['tpr@fpr0.001']:.3f} | {a['n_members']} / {a['n_nonmembers']} |"
+    )
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The human-readable report."""
+    acc, p, can = r["accounted"], r["privacy"], r["canaries"]
+    rows = []
+    for key in ("run_delta", "audit_delta"):
+        c = can[key]
+        one, cp = c["one_run"], c["clopper_pearson"]
+        ub = acc["epsilon_run" if key == "run_delta" else "epsilon_audit"]
+        rows.append(
+            f"| {c['delta']:.3g} | {ub:.3f} | **{one['epsilon_lb']:.3f}** ({one['attack']}"
+            f"; k+ {one['k_pos']}, k- {one['k_neg']}: {one['v']}/{one['r']} right) | "
+            f"{cp['epsilon_lb']:.3f} ({cp['attack']}; TPR {cp['tpr']:.2f}, FPR "
+            f"{cp['fpr']:.2f}) |"
+        )
+    led = r["ledger"]
+    led_lines = (
+        ["(no DP: no ledgers)"]
+        if led is None
+        else [
+            f"- {n}: PRV {c['epsilon_prv']:.4f}, RDP {c['epsilon_rdp']:.4f}, "
+            f"budget {c['budget']:g}, delta {c['delta']:.3g}: {'; '.join(c['flags']) or 'ok'}"
+            for n, c in led["clients"].items()
+        ]
+    )
+    n_grid = len(can["run_delta"]["one_run"]["grid"])
+    return "\n".join(
+        [
+            f"# Privacy audit: {r['verdict']}",
+            "",
+            f"Run `{r['run_dir']}`: {r['dataset']}, DP mode {p['mode']}, privacy unit "
+            f"**{p['unit']}**; trust model: {p['trust_model']}.",
+            "",
+            *[f"- {line}" for line in r["verdict_lines"]],
+            "",
+            f"## Canary audit ({can['m']} canary users, {can['n_included']} included, "
+            f"confidence {r['confidence']:.0%})",
+            "",
+            "| delta | accounted epsilon (upper bound) | one-run lower bound | "
+            "Clopper-Pearson lower bound (heuristic) |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            f"One-run bound (Steinke, Nasr & Jagielski 2023): the best of {len(can['attacks'])} "
+            f"attacks x {n_grid} (k+, k-) guess counts, Bonferroni-corrected over all "
+            f"{len(can['attacks']) * n_grid}. Clopper-Pearson: attack and threshold chosen on half "
+            "the canaries, TPR/FPR counted on the other half; it treats canaries as independent "
+            "trials, which one run does not guarantee, so it is reported, not relied on. The "
+            "accounted epsilon at the audit delta is recomputed from the ledgers (PRV).",
+            "",
+            "## Membership inference",
+            "",
+            "| target | attack | AUC | TPR @ FPR 1% | TPR @ FPR 0.1% | members / non-members |",
+            "|---|---|---|---|---|---|",
+            *[_attack_row("canary users (user-level)", n, a) for n, a in can["attacks"].items()],
+            *[
+                _attack_row("real users (per interaction)", n, a)
+                for n, a in r["real_users"].items()
+            ],
+            "",
+            "ROC curves: `roc.png`. Real users: each user's last training item (member) against "
+            "its test item (never trained); no user is held out of training, so this is a "
+            "per-interaction attack, and the two items also differ in time and popularity.",
+            "",
+            "## Ledger check",
+            "",
+            *led_lines,
+            "",
+            f"Wall time: run {r['timing']['run_s']:.0f}s, audit {r['timing']['audit_s']:.0f}s.",
+            "",
+        ]
+    )
+
+
+def audit(
+    out: Path,
+    overrides: dict[str, Any],
+    *,
+    reuse: bool,
+    confidence: float,
+    delta_audit: float,
+    attacks: tuple[str, ...],
+    seed: int,
+) -> dict[str, Any]:
+    """Run (or reuse) the federated run in `out/run`, audit it, write the report files."""
+    run_dir = out / "run"
+    t0 = time.time()
+    if reuse and (run_dir / "results.json").exists():
+        res = json.loads((run_dir / "results.json").read_text())
+    else:
+        if parse_config(overrides).audit.canaries == 0:
+            raise ConfigError("the audit needs canaries: set audit.canaries > 0")
+        res = federated.run(overrides, run_dir)
+    run_s, t1 = time.time() - t0, time.time()
+    cfg = parse_config(res["config"])
+    ledger_dir = Path(cfg.dp.ledger_dir or Path(cfg.fed.out_dir) / "ledgers")
+    ledgers = {f.stem: json.loads(f.read_text()) for f in sorted(ledger_dir.glob("*.json"))}
+    acc = accounted(res, ledgers, delta_audit)
+    delta_run = acc["delta_run"] or 1.0 / load_corpus(cfg.data).data.n_users  # no DP: nominal
+    scorer = Scorer(cfg, run_dir / "adapter", attacks)
+    report: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "dataset": cfg.data.dataset,
+        "confidence": confidence,
+        "privacy": res["privacy"],
+        "accounted": acc,
+        "canaries": audit_canaries(
+            cfg,
+            scorer,
+            delta_run=delta_run,
+            delta_audit=delta_audit,
+            confidence=confidence,
+            seed=seed,
+        ),
+        "real_users": attack_real_users(cfg, scorer),
+        "ledger": None,
+    }
+    if res["privacy"]["mode"] == "local":
+        reported, unmatched = A.pair_reports(ledgers, res["history"])
+        report["ledger"] = A.ledger_check(ledgers, reported_epsilons=reported)
+        if unmatched:
+            report["ledger"]["ok"] = False
+            report["ledger"]["clients"]["(unmatched)"] = {
+                "epsilon_prv": math.nan,
+                "epsilon_rdp": math.nan,
+                "budget": math.nan,
+                "delta": math.nan,
+                "flags": [f"no ledger matches node(s) {unmatched}"],
+            }
+    ok, lines = verdict(report)
+    report.update(
+        verdict="PASS" if ok else "FAIL",
+        verdict_lines=lines,
+        timing={
+            "run_s": run_s,
+            "audit_s": time.time() - t1,
+            "flwr_run_s": res.get("timing", {}).get("flwr_run_s"),
+        },
+    )
+    plot_roc(report, out / "roc.png")
+    write_json_atomic(out / "audit.json", report)
+    (out / "audit.md").write_text(markdown(report))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(
+        prog="python -m simulations.audit",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--preset", default="quick", help="audit-<name>.toml or <name>.toml")
+    ap.add_argument("--out", required=True, type=Path, help="output folder")
+    ap.add_argument("--run-config", default="", help='extra overrides "key=value ..."')
+    ap.add_argument("--confidence", type=float, default=0.95)
+    ap.add_argument(
+        "--audit-delta",
+        type=float,
+        default=1e-5,
+        help="second delta at which bounds and accounted epsilon are compared",
+    )
+    ap.add_argument(
+        "--attacks",
+        default=",".join(ATTACKS),
+        help=f"comma-separated subset of {ATTACKS} (the family the bounds are corrected for)",
+    )
+    ap.add_argument("--seed", type=int, default=0, help="seed of the Clopper-Pearson split")
+    ap.add_argument("--reuse", action="store_true", help="audit OUT/run if it already exists")
+    ap.add_argument(
+        "--require-power",
+        action="store_true",
+        help="exit 3 when the canary one-run bound at the audit delta is 0",
+    )
+    args = ap.parse_args(argv)
+    try:
+        over = {**resolve_preset(args.preset), **parse_overrides(args.run_config)}
+        rep = audit(
+            args.out.resolve(),
+            over,
+            reuse=args.reuse,
+            confidence=args.confidence,
+            delta_audit=args.audit_delta,
+            seed=args.seed,
+            attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
+        )
+    except (ConfigError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join([*rep["verdict_lines"], f"-> {args.out / 'audit.md'}"]))
+    if rep["verdict"] != "PASS":
+        print(
+            "!" * 60 + "\nAUDIT FAILED: an empirical lower bound exceeds the accounted "
+            "epsilon, or the ledgers disagree\n" + "!" * 60,
+            file=sys.stderr,
+        )
+        return 1
+    if args.require_power and rep["canaries"]["audit_delta"]["one_run"]["epsilon_lb"] <= 0:
+        print("NO POWER: the canary lower bound is 0", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
