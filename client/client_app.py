@@ -7,7 +7,7 @@ import logging
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site import evaluate_round, get_site, train_round
+from client.site import evaluate_round, get_site, initial_state, train_round
 from common import records as R
 
 app = ClientApp()
@@ -42,6 +42,14 @@ def train(msg: Message, context: Context) -> Message:
         )
     content = RecordDict({R.ARRAYS: R.to_record(new_state), R.METRICS: R.metric_record(metrics)})
     return Message(content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The seeded initial trainable state (for a server that holds no data)."""
+    site = get_site(dict(context.run_config), dict(context.node_config))
+    state = initial_state(site)
+    return Message(RecordDict({R.ARRAYS: R.to_record(state)}), reply_to=msg)
 
 
 @app.evaluate()

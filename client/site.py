@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.canary import make_canaries
 from common.catalogue import default_cache_dir
 from common.config import RunConfig
 from common.evaluate import evaluate_scores, model_score_fn
 from common.metrics import RankingEvaluator
-from common.canary import make_canaries
 from common.model import RecModel, load_trainable_state, trainable_state
 from common.privacy import Ledger, PrivacyError
 from common.records import state_digest
@@ -35,6 +36,7 @@ class Site:
     cat: Any
     ledger_path: Path | None
     trainees: LocalData  # who trains: `local` plus this site's included audit canaries
+    max_epsilon: float = math.inf  # the site's own cap (node config `max-epsilon`)
 
 
 def node_setup(
@@ -64,30 +66,53 @@ def node_setup(
 
 @functools.lru_cache(maxsize=2)
 def _shared(cfg: RunConfig) -> tuple[Corpus, Any, RecModel]:
-    """Corpus, catalogue and one model per process and config, shared by every site the
-    process serves (a simulation worker serves many clients in turn; each round loads the
-    received state into the model first, so no state leaks from one client to the next)."""
+    """Corpus, catalogue and one model per process and config.
+
+    Shared by every site the process serves (a simulation worker serves many clients in
+    turn; each round loads the received state into the model first, so no state leaks from
+    one client to the next).
+    """
     torch.manual_seed(cfg.train.seed)
     return setup(cfg)
 
 
-def _site(cfg: RunConfig, name: str, users: tuple[int, ...] | None, ledger: str | None,
-          site_index: int, n_sites: int) -> Site:
+def _site(
+    cfg: RunConfig,
+    name: str,
+    users: tuple[int, ...] | None,
+    ledger: str | None,
+    site_index: int,
+    n_sites: int,
+) -> Site:
     corpus, cat, model = _shared(cfg)
     local = corpus.local(np.asarray(users)) if users is not None else corpus.everyone()
     if len(local) == 0:
         raise ValueError(f"site {name} has no users")
-    return Site(cfg, name, corpus, local, model, cat, Path(ledger) if ledger else None,
-                with_canaries(cfg, local, corpus.data.n_items, site_index, n_sites))
+    return Site(
+        cfg,
+        name,
+        corpus,
+        local,
+        model,
+        cat,
+        Path(ledger) if ledger else None,
+        with_canaries(cfg, local, corpus.data.n_items, site_index, n_sites),
+    )
 
 
-def with_canaries(cfg: RunConfig, local: LocalData, n_items: int, site_index: int,
-                  n_sites: int) -> LocalData:
+def with_canaries(
+    cfg: RunConfig, local: LocalData, n_items: int, site_index: int, n_sites: int
+) -> LocalData:
     """`local` plus the included audit canaries assigned to this site (training only)."""
     if cfg.audit.canaries == 0:
         return local
-    can = make_canaries(n_items, cfg.audit.canaries, history=cfg.audit.canary_history,
-                        n_sites=n_sites, seed=cfg.audit.seed)
+    can = make_canaries(
+        n_items,
+        cfg.audit.canaries,
+        history=cfg.audit.canary_history,
+        n_sites=n_sites,
+        seed=cfg.audit.seed,
+    )
     mine = np.flatnonzero(can.included & (can.sites == site_index))
     seqs = can.sequences
     return LocalData(
@@ -105,10 +130,17 @@ def get_site(run_config: dict[str, Any], node_config: dict[str, Any]) -> Site:
     if ledger is None and cfg.dp.local:
         root = Path(cfg.dp.ledger_dir or os.path.join(cfg.fed.out_dir, "ledgers"))
         ledger = str(root / f"{name}.json")
-    index, n_sites = (int(node_config["partition-id"]), int(node_config["num-partitions"])) \
-        if "partition-id" in node_config else (0, 1)
-    return _site(cfg, name, None if users is None else tuple(int(u) for u in users), ledger,
-                 index, n_sites)
+    index, n_sites = (
+        (int(node_config["partition-id"]), int(node_config["num-partitions"]))
+        if "partition-id" in node_config
+        else (0, 1)
+    )
+    site = _site(
+        cfg, name, None if users is None else tuple(int(u) for u in users), ledger, index, n_sites
+    )
+    if "max-epsilon" in node_config:
+        site.max_epsilon = float(node_config["max-epsilon"])
+    return site
 
 
 def dp_plan(site: Site) -> DPPlan | None:
@@ -148,9 +180,20 @@ def train_round(
     privacy budget: the client refuses rather than overspend.
     """
     cfg = site.cfg
+    if math.isfinite(site.max_epsilon) and (not cfg.dp.local or cfg.dp.epsilon > site.max_epsilon):
+        return None, {
+            "declined": 1,
+            "num-examples": 0,
+            "reason": f"{site.name} requires local "
+            f"DP with epsilon <= {site.max_epsilon} (node config max-epsilon); the run "
+            f"asks for dp.mode={cfg.dp.mode}, dp.epsilon={cfg.dp.epsilon}",
+        }
     if len(site.trainees.trainable()) == 0:
-        return None, {"declined": 1, "num-examples": 0, "reason": f"{site.name} has no user "
-                      "with two or more training interactions"}
+        return None, {
+            "declined": 1,
+            "num-examples": 0,
+            "reason": f"{site.name} has no user with two or more training interactions",
+        }
     load_trainable_state(site.model, state)
     plan = dp_plan(site)
     events = []
@@ -213,6 +256,18 @@ def train_round(
             }
         )
     return trainable_state(site.model), metrics
+
+
+def initial_state(site: Site) -> dict[str, np.ndarray]:
+    """A fresh, seeded model's trainable state (identical on every node for one config)."""
+    torch.manual_seed(site.cfg.train.seed)
+    model = RecModel(
+        site.cfg.model,
+        n_items=site.corpus.data.n_items,
+        history_len=site.cfg.data.history_len,
+        device=site.model.device,
+    )
+    return trainable_state(model)
 
 
 def shared_item_scores(site: Site, state: dict[str, np.ndarray]) -> Any:

@@ -42,12 +42,18 @@ class DataConfig:
             "must be in [0, 1)",
         )
         _check(self.history_len >= 1, "data.history-len", self.history_len, "must be >= 1")
-        _check(self.min_interactions >= 0, "data.min-interactions", self.min_interactions,
-               "must be >= 0")
-        _check(self.synthetic_users >= 1, "data.synthetic-users", self.synthetic_users,
-               "must be >= 1")
-        _check(self.synthetic_items >= 2, "data.synthetic-items", self.synthetic_items,
-               "must be >= 2")
+        _check(
+            self.min_interactions >= 0,
+            "data.min-interactions",
+            self.min_interactions,
+            "must be >= 0",
+        )
+        _check(
+            self.synthetic_users >= 1, "data.synthetic-users", self.synthetic_users, "must be >= 1"
+        )
+        _check(
+            self.synthetic_items >= 2, "data.synthetic-items", self.synthetic_items, "must be >= 2"
+        )
         _check(
             self.partitioning in ("iid", "dirichlet", "user"),
             "data.partitioning",
@@ -205,6 +211,7 @@ class FedConfig:
     per_user_metrics: bool
     out_dir: str
     seed: int
+    server_data: bool
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "fed.rounds", self.rounds, "must be >= 1")
@@ -246,8 +253,9 @@ class AuditConfig:
 
     def __post_init__(self) -> None:
         _check(self.canaries >= 0, "audit.canaries", self.canaries, "must be >= 0 (0 = off)")
-        _check(self.canary_history >= 1, "audit.canary-history", self.canary_history,
-               "must be >= 1")
+        _check(
+            self.canary_history >= 1, "audit.canary-history", self.canary_history, "must be >= 1"
+        )
 
 
 @dataclass(frozen=True)

@@ -3,21 +3,39 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import parse_config
-from common.model import RecModel, load_trainable_state, save_adapter, trainable_state
+from common import records as R
+from common.config import RunConfig, parse_config
+from common.model import PRIOR_KEY, RecModel, load_trainable_state, save_adapter, trainable_state
 from common.task import device, load_corpus
-from server.federation import run_federation
+from server.federation import run_federation, wait_for_nodes
 
 app = ServerApp()
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("fedrec.server")
+
+
+def initial_from_node(grid: Grid, cfg: RunConfig) -> dict[str, np.ndarray]:
+    """Ask one node for the (deterministic, seeded) initial trainable state.
+
+    Used when the server holds no data (`fed.server-data = false`, deployment): the model's
+    shape depends on the catalogue, which only the sites have.
+    """
+    node = wait_for_nodes(grid, 1)[0]
+    msg = Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
+    replies = list(grid.send_and_receive([msg], timeout=cfg.fed.round_timeout))
+    if not replies or replies[0].has_error():
+        reason = replies[0].error.reason if replies else "no reply"
+        raise RuntimeError(f"node {node} did not return the initial state: {reason}")
+    return R.from_record(replies[0].content.array_records[R.ARRAYS])
 
 
 @app.main()
@@ -26,20 +44,35 @@ def main(grid: Grid, context: Context) -> None:
     cfg = parse_config(dict(context.run_config))
     out = Path(cfg.fed.out_dir)
     torch.manual_seed(cfg.train.seed)
-    corpus = load_corpus(cfg.data)  # the public catalogue sizes the model
-    model = RecModel(
-        cfg.model, n_items=corpus.data.n_items, history_len=cfg.data.history_len, device=device()
-    )
+    baselines: Callable[[], dict[str, Any]] | None = None
+    if cfg.fed.server_data:
+        corpus = load_corpus(cfg.data)
+
+        def baselines() -> dict[str, Any]:
+            from simulations.centralized import run_baselines
+
+            return run_baselines(corpus, seed=cfg.train.seed)
+
+        n_items = corpus.data.n_items
+        model = RecModel(
+            cfg.model, n_items=n_items, history_len=cfg.data.history_len, device=device()
+        )
+        initial = trainable_state(model)
+    else:
+        initial = initial_from_node(grid, cfg)
+        model = RecModel(
+            cfg.model,
+            n_items=len(initial[PRIOR_KEY]),
+            history_len=cfg.data.history_len,
+            device=device(),
+        )
+        log.info(
+            "initial state from a node (%d items); no baselines without server data",
+            len(initial[PRIOR_KEY]),
+        )
 
     def save(state: dict[str, np.ndarray], folder: Path) -> None:
         load_trainable_state(model, state)
         save_adapter(model, folder)
 
-    def baselines() -> dict[str, Any]:
-        from simulations.centralized import run_baselines
-
-        return run_baselines(corpus, seed=cfg.train.seed)
-
-    run_federation(
-        grid, cfg, trainable_state(model), out, save_adapter_fn=save, baselines_fn=baselines
-    )
+    run_federation(grid, cfg, initial, out, save_adapter_fn=save, baselines_fn=baselines)
