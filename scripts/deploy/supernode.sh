@@ -20,6 +20,8 @@
 #                 ${XDG_STATE_HOME:-~/.local/state}/fedrec/SITE_NAME/ledger.json. Set it to
 #                 the empty string to let the run config's dp.ledger-dir decide (not advised:
 #                 the run config is chosen by whoever submits the run).
+#   MAX_EPSILON   optional node-config `max-epsilon`: the site declines any round unless the
+#                 run uses local DP with dp.epsilon <= this value
 #   MAX_RETRIES, MAX_WAIT_TIME  give up reconnecting after that many tries / seconds
 #                 (default: retry forever)
 #   FLWR_HOME     Flower's home for this SuperNode (default ~/.flwr)
@@ -73,6 +75,9 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=${FLWR_DISABLE_RUNTIME_DEPEN
 node_config="site-name=\"$site\" data-dir=\"$data_dir\""
 if [[ -n "${DATASET:-}" ]]; then
     node_config+=" dataset=\"$DATASET\""
+fi
+if [[ -n "${MAX_EPSILON:-}" ]]; then
+    node_config+=" max-epsilon=$MAX_EPSILON"
 fi
 if [[ -n "$ledger" ]]; then
     mkdir -p "$(dirname "$ledger")"
