@@ -212,3 +212,40 @@ def test_fixed_noise_without_budget_trains_or_is_rejected_by_the_config(
         return
     reply = client_app.train(train_msg(fresh_state(), 1), make_context(run_config))
     assert R.ARRAYS in reply.content.array_records
+
+
+def test_query_returns_the_seeded_initial_state(
+    run_config: dict[str, Any], fresh_state: Callable[[], State]
+) -> None:
+    """A server without data (fed.server-data = false) gets the initial state from a node."""
+    from flwr.app import MessageType, RecordDict
+
+    from .messages import incoming
+
+    reply = client_app.query(incoming(RecordDict(), MessageType.QUERY), make_context(run_config))
+    got, want = _arrays(reply), fresh_state()
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cap", "declines"),
+    [
+        ({}, 8.0, False),  # local DP at epsilon 8 <= cap 8: trains
+        ({}, 3.0, True),  # the run asks for more than the site allows
+        ({"dp.mode": "none"}, 8.0, True),  # no DP at all
+    ],
+)
+def test_site_epsilon_cap_from_node_config(
+    run_config: dict[str, Any],
+    fresh_state: Callable[[], State],
+    overrides: dict[str, Any],
+    cap: float,
+    declines: bool,
+) -> None:
+    ctx = make_context({**run_config, **overrides})
+    ctx.node_config["max-epsilon"] = cap
+    reply = client_app.train(train_msg(fresh_state(), 1), ctx)
+    assert _metrics(reply)["declined"] == int(declines)
+    assert (R.ARRAYS in reply.content.array_records) is not declines
