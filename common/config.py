@@ -104,6 +104,7 @@ class ModelConfig:
     temperature: float
     prior: bool
     prior_weight: float
+    prior_head_share: float
     cache_lower_layers: bool
     cache_dir: str
 
@@ -113,6 +114,8 @@ class ModelConfig:
         )
         _check(self.proj_dim >= 0, "model.proj-dim", self.proj_dim, "must be >= 0 (0 = none)")
         _check(self.temperature > 0, "model.temperature", self.temperature, "must be > 0")
+        _check(0 < self.prior_head_share <= 1, "model.prior-head-share", self.prior_head_share,
+               "must be in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def model_score_fn(
     atomically): the caller keys it by the model state so it is computed once per state.
     """
     items = _cached_items(model, cat, cache) if cache else item_matrix(model, cat)
-    prior = model.prior_weight(model.prior.unsqueeze(-1)).squeeze(-1).detach()
+    prior = model.prior_weight(model.prior_feature().unsqueeze(-1)).squeeze(-1).detach()
 
     @torch.no_grad()
     def score(rows: np.ndarray, known: list[np.ndarray]) -> np.ndarray:

@@ -15,6 +15,7 @@ from torch import nn
 from common.backbone import additive_mask, load_backbone
 from common.catalogue import Catalogue, mean_pool
 from common.config import ModelConfig
+from common.privacy import prior_scores
 
 HEAD_FILE = "head.safetensors"
 PRIOR_KEY = "prior"
@@ -140,8 +141,13 @@ class RecModel(nn.Module):
         users = self.encode_users(hist, hist_mask, cat)
         items = self.encode_items(cands.reshape(-1), cat).view(b, k, -1)
         dots = (users.unsqueeze(1) * items).sum(-1) / self.cfg.temperature
-        prior = self.prior[cands].unsqueeze(-1)
+        prior = self.prior_feature()[cands].unsqueeze(-1)
         return dots + self.prior_weight(prior).squeeze(-1)
+
+    def prior_feature(self) -> torch.Tensor:
+        """``[n_items]`` standardised log-popularity of the (noisy) histogram in `prior`."""
+        feat = prior_scores(self.prior.detach().cpu().numpy(), head_share=self.cfg.prior_head_share)
+        return torch.from_numpy(feat).to(self.device)
 
     def item_tower_params(self) -> list[nn.Parameter]:
         """Trainable parameters whose per-sample gradients come per candidate row."""

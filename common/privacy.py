@@ -224,10 +224,19 @@ def user_histogram(histories: Sequence[np.ndarray], n_items: int, *, recent: int
     return hist
 
 
-def prior_scores(hist: np.ndarray) -> np.ndarray:
-    """Standardised log-popularity from a (possibly noisy) histogram; shift/scale invariant."""
+def prior_scores(hist: np.ndarray, *, head_share: float = 0.05) -> np.ndarray:
+    """Standardised log-popularity of a (possibly noisy) histogram; invariant to scaling it.
+
+    Items below the ``1 - head_share`` quantile are clamped to it: under DP noise only the
+    head of the histogram carries signal, the tail is noise (and so are its log values).
+    An all-zero histogram (no prior yet) gives all zeros.
+    """
+    if not 0 < head_share <= 1:
+        raise ValueError(f"`head_share` must be in (0, 1], got {head_share}.")
     h = np.asarray(hist, dtype=np.float64)
-    floor = max(float(h.max()) * 1e-3, 1e-12)
+    if h.size == 0:
+        return np.zeros(0, dtype=np.float32)
+    floor = max(float(np.quantile(h, 1.0 - head_share)), float(h.max()) * 1e-3, 1e-12)
     log_pop = np.log(np.maximum(h, floor))
     std = float(log_pop.std())
     return ((log_pop - log_pop.mean()) / (std if std > 0 else 1.0)).astype(np.float32)

@@ -13,7 +13,7 @@ from common.catalogue import Catalogue, build_catalogue
 from common.config import DataConfig, ModelConfig, RunConfig
 from common.data import Interactions, load_dataset
 from common.model import RecModel
-from common.privacy import prior_scores, user_histogram
+from common.privacy import user_histogram
 from common.split import Split, dominant_genre, leave_one_out, partition_users
 from common.train import LocalData
 
@@ -127,6 +127,6 @@ def local_histogram(
 
 
 def set_prior(model: RecModel, hist: np.ndarray) -> None:
-    """Install the (aggregated) histogram as the model's popularity prior."""
+    """Install the (aggregated, possibly noisy) histogram as the model's popularity prior."""
     with torch.no_grad():
-        model.prior.copy_(torch.from_numpy(prior_scores(hist)).to(model.device))
+        model.prior.copy_(torch.from_numpy(np.asarray(hist, dtype=np.float32)).to(model.device))

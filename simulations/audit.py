@@ -239,8 +239,8 @@ def plot_roc(report: dict[str, Any], path: Path) -> None:
         xscale="log",
         xlabel="false positive rate",
         ylabel="true positive rate",
-        xlim=(1e-4, 1),
-        ylim=(0, 1),
+        xlim=(5e-5, 1),
+        ylim=(0, 1.02),
         title="membership inference (FPR < 1e-4 drawn at 1e-4)",
     )
     ax.legend(fontsize=7)
