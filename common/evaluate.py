@@ -61,14 +61,20 @@ ScoreFn = Callable[[np.ndarray, list[np.ndarray]], np.ndarray]
 
 
 def model_score_fn(
-    model: RecModel, cat: Catalogue, *, history_len: int, cache: Path | None = None
+    model: RecModel,
+    cat: Catalogue,
+    *,
+    history_len: int,
+    cache: Path | None = None,
+    items: torch.Tensor | None = None,
 ) -> ScoreFn:
     """A function (local user rows, their known items) -> ``[B, n_items]`` scores.
 
     With `cache`, the item matrix is read from / written to that file (under a file lock,
     atomically): the caller keys it by the model state so it is computed once per state.
     """
-    items = _cached_items(model, cat, cache) if cache else item_matrix(model, cat)
+    if items is None:
+        items = _cached_items(model, cat, cache) if cache else item_matrix(model, cat)
     prior = model.prior_weight(model.prior_feature().unsqueeze(-1)).squeeze(-1).detach()
 
     @torch.no_grad()
