@@ -114,8 +114,12 @@ class ModelConfig:
         )
         _check(self.proj_dim >= 0, "model.proj-dim", self.proj_dim, "must be >= 0 (0 = none)")
         _check(self.temperature > 0, "model.temperature", self.temperature, "must be > 0")
-        _check(0 < self.prior_head_share <= 1, "model.prior-head-share", self.prior_head_share,
-               "must be in (0, 1]")
+        _check(
+            0 < self.prior_head_share <= 1,
+            "model.prior-head-share",
+            self.prior_head_share,
+            "must be in (0, 1]",
+        )
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ class TrainConfig:
     batch_users: int
     targets_per_user: int
     negatives: int
+    negatives_pop_share: float
     seed: int
     eval_users: int
 
@@ -141,6 +146,12 @@ class TrainConfig:
             "must be >= 1",
         )
         _check(self.negatives >= 1, "train.negatives", self.negatives, "must be >= 1")
+        _check(
+            0 <= self.negatives_pop_share <= 1,
+            "train.negatives-pop-share",
+            self.negatives_pop_share,
+            "must be in [0, 1]",
+        )
         _check(self.eval_users >= 0, "train.eval-users", self.eval_users, "must be >= 0 (0 = all)")
 
 

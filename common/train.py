@@ -55,12 +55,20 @@ def make_batch(
     negatives: int,
     n_items: int,
     rng: np.random.Generator,
+    neg_probs: np.ndarray | None = None,
 ) -> Batch:
     """One example per user: a random cut, the items before it (history), the next T (targets).
 
-    Negatives are drawn uniformly from the public catalogue for each user alone (never other
-    users' items), resampling any that hit one of that user's targets.
+    Negatives are drawn from the public catalogue for each user alone (never other users'
+    items) -- uniformly, or from `neg_probs` (a public distribution, e.g. the released DP
+    popularity) -- resampling any that hit one of that user's targets.
     """
+
+    def draw(k: int) -> np.ndarray:
+        if neg_probs is None:
+            return rng.integers(0, n_items, k)
+        return rng.choice(n_items, size=k, p=neg_probs)
+
     b = len(rows)
     hist = np.zeros((b, history_len), dtype=np.int64)
     hmask = np.zeros((b, history_len), dtype=np.float32)
@@ -75,10 +83,10 @@ def make_batch(
         t = seq[cut : cut + targets]
         cands[j, : len(t)] = t
         tmask[j, : len(t)] = 1
-        neg = rng.integers(0, n_items, negatives)
+        neg = draw(negatives)
         clash = np.isin(neg, t)
         while clash.any():
-            neg[clash] = rng.integers(0, n_items, int(clash.sum()))
+            neg[clash] = draw(int(clash.sum()))
             clash = np.isin(neg, t)
         cands[j, targets:] = neg
     return Batch(
@@ -164,6 +172,23 @@ def plan_dp(
     return DPPlan(sigma, q, steps, prior_sigma, delta)
 
 
+def negative_distribution(
+    model: RecModel, pop_share: float
+) -> tuple[np.ndarray | None, torch.Tensor | None]:
+    """Negative sampling distribution and its log-correction ``log(n * q_i)``.
+
+    ``q = (1 - s) * uniform + s * popularity``, popularity from the model's released (public,
+    already DP) histogram; None for uniform sampling or before any prior exists.
+    """
+    hist = np.clip(model.prior.detach().cpu().numpy().astype(np.float64), 0.0, None)
+    if pop_share <= 0 or hist.sum() <= 0:
+        return None, None
+    n = hist.size
+    q = (1 - pop_share) / n + pop_share * hist / hist.sum()
+    q = q / q.sum()
+    return q, torch.from_numpy(np.log(n * q)).float().to(model.device)
+
+
 @dataclass
 class TrainStats:
     """What one call to `train` did."""
@@ -232,6 +257,7 @@ def train(
             [rng.permutation(n) for _ in range(math.ceil(steps * cfg.batch_users / n) + 1)]
         )
         sampler = [order[i * cfg.batch_users : (i + 1) * cfg.batch_users] for i in range(steps)]
+    neg_probs, log_q = negative_distribution(model, cfg.negatives_pop_share)
     total_loss, seen = 0.0, 0
     try:
         for step, local in enumerate(sampler):
@@ -249,11 +275,14 @@ def train(
                     negatives=cfg.negatives,
                     n_items=cat.n_items,
                     rng=rng,
+                    neg_probs=neg_probs,
                 )
                 dev = model.device
                 scores = model(
                     batch.hist.to(dev), batch.hist_mask.to(dev), batch.cands.to(dev), cat
                 )
+                if log_q is not None:  # sampled-softmax correction for non-uniform negatives
+                    scores = scores - log_q[batch.cands.to(dev)]
                 losses = per_user_loss(scores, batch.target_mask.to(dev))
                 (losses.sum() if plan is not None else losses.mean()).backward()
                 if plan is not None:
