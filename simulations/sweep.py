@@ -122,11 +122,8 @@ def plan_central(spec: dict[str, Any], points: list[Point], extra: dict[str, Any
         return []
     eps = table.pop("epsilons", None)
     if eps is None:
-        eps = {math.inf} | {
-            float(p.overrides.get("dp.epsilon", math.inf))
-            for p in points
-            if p.overrides.get("dp.mode") != "none"
-        }
+        cfgs = [parse_config(p.overrides).dp for p in points]
+        eps = {math.inf} | {dp.epsilon for dp in cfgs if dp.mode != "none"}
     data_keys = ("data.dataset", "data.dir", "data.synthetic-users", "data.synthetic-items")
     datasets = {
         json.dumps({k: p.overrides[k] for k in data_keys if k in p.overrides}, sort_keys=True)
@@ -376,30 +373,48 @@ def wait_for_ports(timeout: float, log: Any) -> None:
         time.sleep(10)
 
 
-def run_one(pt: Point, out: Path, *, wait_s: float, log: Any) -> dict[str, Any]:
-    """Run a point; return its row (a failure gives a row with status "failed" and the error)."""
-    t0 = time.time()
-    try:
-        if pt.kind == "central":
-            res = run_central(pt.overrides, out / "central" / pt.id)
-            res.setdefault("status", "completed")
-            return make_row(pt, res, time.time() - t0)
-        wait_for_ports(wait_s, log)
-        if pt.kind == "scale":
-            return run_scale(pt, out / "scale" / pt.id)
-        res = federated.run(pt.overrides, out / "points" / pt.id, quiet=True)
+def _attempt(pt: Point, out: Path, t0: float) -> dict[str, Any]:
+    if pt.kind == "central":
+        res = run_central(pt.overrides, out / "central" / pt.id)
+        res.setdefault("status", "completed")
         return make_row(pt, res, time.time() - t0)
-    except Exception as exc:  # a failed point is recorded; the sweep goes on
-        return {
-            "id": pt.id,
-            "kind": pt.kind,
-            "setting": pt.settings[0] if pt.settings else pt.kind,
-            "settings": pt.settings,
-            "status": "failed",
-            "error": f"{type(exc).__name__}: {exc}",
-            "overrides": pt.overrides,
-            "timing": {"sweep_wall_s": time.time() - t0},
-        }
+    if pt.kind == "scale":
+        return run_scale(pt, out / "scale" / pt.id)
+    res = federated.run(pt.overrides, out / "points" / pt.id, quiet=True)
+    return make_row(pt, res, time.time() - t0)
+
+
+def _ports_taken() -> bool:
+    return any(federated._port_busy(p) for p in federated.SUPERLINK_PORTS)
+
+
+def run_one(pt: Point, out: Path, *, wait_s: float, log: Any) -> dict[str, Any]:
+    """Run a point; return its row (a failure gives a row with status "failed" and the error).
+
+    A federated or scale run that fails while another run's SuperLink holds Flower's ports (it
+    took them between our check and our start) is retried once after the ports are free.
+    """
+    for attempt in (1, 2):
+        if pt.kind != "central":
+            wait_for_ports(wait_s, log)
+        t0 = time.time()  # after any wait for the ports: the row's time is the run's own
+        try:
+            return _attempt(pt, out, t0)
+        except Exception as exc:  # a failed point is recorded; the sweep goes on
+            if attempt == 1 and pt.kind != "central" and _ports_taken():
+                log(f"{pt.id}: failed while another run holds the ports ({exc}); retrying")
+                continue
+            return {
+                "id": pt.id,
+                "kind": pt.kind,
+                "setting": pt.settings[0] if pt.settings else pt.kind,
+                "settings": pt.settings,
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "overrides": pt.overrides,
+                "timing": {"sweep_wall_s": time.time() - t0},
+            }
+    raise AssertionError("unreachable")
 
 
 # ------------------------------------------------------------------ scale

@@ -105,6 +105,7 @@ def test_rerun_skips_finished_points_and_a_failure_is_recorded(
         return fake_results(over)
 
     monkeypatch.setattr(federated, "run", fake_run)
+    monkeypatch.setattr(sweep, "_ports_taken", lambda: False)  # other runs on this machine
     monkeypatch.setattr(sweep, "run_central", lambda over, out: fake_results(over, hr=0.3))
     central = sweep.plan_central(sweep.load_spec("tiny"), tiny_points, dict(EXTRA))
     points = tiny_points + central
@@ -126,6 +127,22 @@ def test_rerun_skips_finished_points_and_a_failure_is_recorded(
     assert set(row["fairness"]["activity"]["groups"]) == {"top20", "rest"}
     assert set(row["fairness"]["group"]["groups"]) <= {"A", "B"}
     assert row["cold_start"]["n_cold_items"] == 8
+
+
+def test_a_run_that_lost_the_ports_to_another_run_is_retried_once(
+    tmp_path: Path, tiny_points: list[sweep.Point], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def fake_run(over: dict[str, Any], out: Path, **_: Any) -> dict[str, Any]:
+        calls.append(out.name)
+        raise RuntimeError("flwr run failed (exit 1, run status 'unknown')")
+
+    monkeypatch.setattr(federated, "run", fake_run)
+    monkeypatch.setattr(sweep, "_ports_taken", lambda: True)
+    monkeypatch.setattr(sweep, "wait_for_ports", lambda *_: None)
+    row = sweep.run_one(tiny_points[0], tmp_path, wait_s=0, log=lambda _: None)
+    assert row["status"] == "failed" and len(calls) == 2
 
 
 def test_torn_last_line_is_ignored_but_a_bad_middle_line_is_an_error(tmp_path: Path) -> None:
