@@ -30,7 +30,10 @@ from common.task import load_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = Path(__file__).resolve().parent / "presets"
-SUPERLINK_PORTS = (39091, 39092, 39093)
+# Flower reads the local SuperLink's ports from these variables (defaults 39091 / 39093);
+# each run gets free ports of its own, so concurrent runs and leftovers never collide.
+PORT_ENV = ("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "FLWR_LOCAL_CONTROL_API_PORT")
+SUPERLINK_PORTS = (39091, 39093)
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -60,6 +63,13 @@ def _pids_using(flwr_home: Path) -> list[int]:
         if str(flwr_home) in cmd and ("superlink" in cmd or "superexec" in cmd):
             pids.append(int(proc.name))
     return pids
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _port_busy(port: int) -> bool:
@@ -115,11 +125,12 @@ def run(
         )
     out.mkdir(parents=True, exist_ok=True)
     flwr_home = out / ".flwr-home"
-    if not _pids_using(flwr_home) and any(_port_busy(p) for p in SUPERLINK_PORTS):
+    stop_superlink(flwr_home)  # a leftover of an interrupted run in this folder
+    ports = {k: os.environ.get(k) or str(free_port()) for k in PORT_ENV}
+    if any(_port_busy(int(p)) for p in ports.values()):
         raise RuntimeError(
-            f"a SuperLink not started by this command holds Flower's local ports "
-            f"{SUPERLINK_PORTS}; it would take over this run. Stop it first (`flwr` from its "
-            "checkout, or kill its pid)."
+            f"local SuperLink ports {ports} are taken by another process; a foreign SuperLink "
+            "would take over this run. Unset those variables or stop that process."
         )
     run_cfg = out / "run-config.toml"
     with open(run_cfg, "w") as fh:
@@ -127,6 +138,7 @@ def run(
             fh.write(f'"{k}" = {_toml(v)}\n')
     env = {
         **os.environ,
+        **ports,
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     }

@@ -361,16 +361,7 @@ def run_central(over: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def wait_for_ports(timeout: float, log: Any) -> None:
-    """Wait (up to `timeout` s) while a SuperLink of another run holds Flower's local ports."""
-    deadline = time.time() + timeout
-    said = False
-    while any(federated._port_busy(p) for p in federated.SUPERLINK_PORTS):
-        if time.time() >= deadline:
-            return  # federated.run raises with the full explanation
-        if not said:
-            log(f"Flower's local ports {federated.SUPERLINK_PORTS} are busy; waiting...")
-            said = True
-        time.sleep(10)
+    """No-op kept for the CLI flag: every run now gets free SuperLink ports of its own."""
 
 
 def _attempt(pt: Point, out: Path, t0: float) -> dict[str, Any]:
@@ -385,7 +376,7 @@ def _attempt(pt: Point, out: Path, t0: float) -> dict[str, Any]:
 
 
 def _ports_taken() -> bool:
-    return any(federated._port_busy(p) for p in federated.SUPERLINK_PORTS)
+    return False  # each run picks its own free ports (simulations.federated.PORT_ENV)
 
 
 def run_one(pt: Point, out: Path, *, wait_s: float, log: Any) -> dict[str, Any]:
