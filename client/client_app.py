@@ -11,7 +11,7 @@ from client.site import evaluate_round, get_site, initial_state, train_round
 from common import records as R
 
 app = ClientApp()
-log = logging.getLogger("fedrec.client")
+log = logging.getLogger("flwr.fedrec")
 
 
 def _config(msg: Message) -> ConfigRecord:
@@ -33,7 +33,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     reason = metrics.pop("reason", None)
     if new_state is None:
-        log.warning("%s declines round %s: %s", site.name, cfg.get(R.ROUND), reason)
+        log.warning("[fedrec] %s declines round %s: %s", site.name, cfg.get(R.ROUND), reason)
         context.state[R.DECLINED] = ConfigRecord({"reason": str(reason)})
         return Message(RecordDict({R.METRICS: R.metric_record(metrics)}), reply_to=msg)
     if "epsilon" in metrics:

@@ -21,7 +21,7 @@ from server.checks import check_update
 from server.report import aggregate_eval, finish_run
 from server.strategies import clients_per_round, create_strategy
 
-log = logging.getLogger("fedrec.server")
+log = logging.getLogger("flwr.fedrec")
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0) -> list[int]:
@@ -73,7 +73,7 @@ def run_federation(
     ckpt = Checkpoint(out, cfg)
     arrays, history, start = ckpt.load(initial)
     if start > 1:
-        log.info("resuming from checkpoint: rounds 1..%d already done", start - 1)
+        log.info("[fedrec] resuming from checkpoint: rounds 1..%d already done", start - 1)
     t_run = time.perf_counter()
     status = "completed"
     for rnd in range(start, cfg.fed.rounds + 1):
@@ -105,15 +105,18 @@ def run_federation(
                     good.append(reply)
             if "dropped" in row:
                 log.warning(
-                    "round %d: dropping reply from node %s: %s", rnd, row["node"], row["dropped"]
+                    "[fedrec] round %d: dropping reply from node %s: %s",
+                    rnd,
+                    row["node"],
+                    row["dropped"],
                 )
             row["bytes_down"] = R.state_bytes(arrays)
             clients.append(row)
         if len(good) < min(cfg.fed.min_clients, len(msgs)) or not good:
             status = f"stopped at round {rnd}: {len(good)} usable replies of {len(msgs)}"
-            log.error("%s (fed.min-clients = %d)", status, cfg.fed.min_clients)
+            log.error("[fedrec] %s (fed.min-clients = %d)", status, cfg.fed.min_clients)
             break
-        log.info("round %d: aggregating %d of %d replies", rnd, len(good), len(msgs))
+        log.info("[fedrec] round %d: aggregating %d of %d replies", rnd, len(good), len(msgs))
         new, train_metrics = strategy.aggregate_train(rnd, good)
         if new is None:
             status = f"stopped at round {rnd}: aggregation failed"
@@ -151,7 +154,7 @@ def run_federation(
         if save_adapter_fn is not None:
             save_adapter_fn(arrays, out / "adapter")
         log.info(
-            "round %d done in %.1fs: HR@10 %.4f NDCG@10 %.4f",
+            "[fedrec] round %d done in %.1fs: HR@10 %.4f NDCG@10 %.4f",
             rnd,
             row_out["wall_s"],
             evaluation.get("hr@10", math.nan),

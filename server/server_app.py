@@ -20,7 +20,7 @@ from server.federation import run_federation, wait_for_nodes
 
 app = ServerApp()
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-log = logging.getLogger("fedrec.server")
+log = logging.getLogger("flwr.fedrec")
 
 
 def initial_from_node(grid: Grid, cfg: RunConfig) -> dict[str, np.ndarray]:
@@ -67,7 +67,7 @@ def main(grid: Grid, context: Context) -> None:
             device=device(),
         )
         log.info(
-            "initial state from a node (%d items); no baselines without server data",
+            "[fedrec] initial state from a node (%d items); no baselines without server data",
             len(initial[PRIOR_KEY]),
         )
 

@@ -263,12 +263,16 @@ def markdown(r: dict[str, Any]) -> str:
     for key in ("run_delta", "audit_delta"):
         c = can[key]
         one, cp = c["one_run"], c["clopper_pearson"]
-        ub = acc["epsilon_run" if key == "run_delta" else "epsilon_audit"]
+        ub = float(acc["epsilon_run" if key == "run_delta" else "epsilon_audit"])
+        how_one = (
+            f"{one['attack']}; k+ {one['k_pos']}, k- {one['k_neg']}: {one['v']}/{one['r']} right"
+            if one["epsilon_lb"] > 0
+            else "no attack and guess count rejects any epsilon > 0"
+        )
+        how_cp = f"{cp['attack']}; threshold {cp['threshold']:.4g}: TPR {cp['tpr']:.2f}, FPR "
         rows.append(
-            f"| {c['delta']:.3g} | {ub:.3f} | **{one['epsilon_lb']:.3f}** ({one['attack']}"
-            f"; k+ {one['k_pos']}, k- {one['k_neg']}: {one['v']}/{one['r']} right) | "
-            f"{cp['epsilon_lb']:.3f} ({cp['attack']}; TPR {cp['tpr']:.2f}, FPR "
-            f"{cp['fpr']:.2f}) |"
+            f"| {c['delta']:.3g} | {ub:.3f} | **{one['epsilon_lb']:.3f}** ({how_one}) | "
+            f"{cp['epsilon_lb']:.3f} ({how_cp}{cp['fpr']:.2f} on the held-out half) |"
         )
     led = r["ledger"]
     led_lines = (

@@ -162,6 +162,7 @@ def run(
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
+                log.flush()
                 if not quiet and ("fedrec" in line or "ERROR" in line or "Traceback" in line):
                     print(line.rstrip(), file=sys.stderr)
             rc = proc.wait()
