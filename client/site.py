@@ -199,7 +199,7 @@ def train_round(
     events = []
     ledger = None
     if plan is not None:
-        events = plan.round_events() + (plan.prior_events() if collect_prior else [])
+        events = plan.prior_events() if collect_prior else plan.round_events()
         ledger = open_ledger(site, plan)
         if ledger.would_exceed(events):
             return None, {
@@ -211,7 +211,7 @@ def train_round(
                 f"{cfg.dp.epsilon} (spent {ledger.epsilon():.4g})",
             }
         # Spend first: a crash mid-round must never leave spent budget unrecorded.
-        eps = ledger.record(server_round, "train", events)
+        eps = ledger.record(server_round, "prior" if collect_prior else "train", events)
     if collect_prior and cfg.model.prior:
         sigma = plan.prior_sigma if plan is not None else 0.0
         hist = local_histogram(
@@ -224,6 +224,21 @@ def train_round(
         with torch.no_grad():
             # Average of per-site (hist / n_users) weighted by n_users = global sum / N.
             site.model.prior.copy_(torch.from_numpy(hist / len(site.trainees)).float())
+    if collect_prior:  # the prior round only releases the histogram; training starts next
+        out = {
+            "num-examples": len(site.trainees),
+            "unit-weight": 1,
+            "train_loss": 0.0,
+            "steps": 0,
+            "users-trained": 0,
+            "train-s": 0.0,
+            "declined": 0,
+        }
+        if plan is not None and ledger is not None:
+            out.update(
+                {"epsilon": eps, "delta": plan.delta, "sigma": plan.prior_sigma, "sample-rate": 1.0}
+            )
+        return trainable_state(site.model), out
     anchor = trainable_state(site.model) if proximal_mu > 0 else None
     stats = train(
         site.model,

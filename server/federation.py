@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common import records as R
 from common.config import RunConfig
+from common.model import PRIOR_KEY
 from common.privacy import calibrate_noise, epsilon_of
 from server.checkpoint import Checkpoint
 from server.checks import check_update
@@ -72,6 +73,9 @@ def run_federation(
     strategy: Strategy = create_strategy(cfg, n_clients, central_sigma=sigma)
     ckpt = Checkpoint(out, cfg)
     arrays, history, start = ckpt.load(initial)
+    with_prior = cfg.model.prior and cfg.dp.mode != "central"
+    if not history and with_prior:
+        start = 0  # round 0: the sites release their (DP) popularity histograms, no training
     if start > 1:
         log.info("[fedrec] resuming from checkpoint: rounds 1..%d already done", start - 1)
     t_run = time.perf_counter()
@@ -81,12 +85,22 @@ def run_federation(
         config = ConfigRecord(
             {
                 R.ROUND: rnd,
-                R.COLLECT_PRIOR: rnd == 1 and cfg.model.prior and cfg.dp.mode != "central",
+                R.COLLECT_PRIOR: rnd == 0,
                 R.PROXIMAL_MU: cfg.fed.proximal_mu if cfg.fed.strategy == "fedprox" else 0.0,
             }
         )
         record = R.to_record(arrays)
-        msgs = list(strategy.configure_train(rnd, record, config, grid))
+        if rnd == 0:  # every node releases its histogram; no strategy sampling
+            msgs = [
+                Message(
+                    RecordDict({R.ARRAYS: record, R.CONFIG: config}),
+                    dst_node_id=n,
+                    message_type=MessageType.TRAIN,
+                )
+                for n in grid.get_node_ids()
+            ]
+        else:
+            msgs = list(strategy.configure_train(rnd, record, config, grid))
         replies = list(grid.send_and_receive(msgs, timeout=cfg.fed.round_timeout))
         good, clients = [], []
         for reply in replies:
@@ -117,7 +131,11 @@ def run_federation(
             log.error("[fedrec] %s (fed.min-clients = %d)", status, cfg.fed.min_clients)
             break
         log.info("[fedrec] round %d: aggregating %d of %d replies", rnd, len(good), len(msgs))
-        new, train_metrics = strategy.aggregate_train(rnd, good)
+        new: ArrayRecord | None
+        if rnd == 0:
+            new, train_metrics = aggregate_prior(good, arrays), None
+        else:
+            new, train_metrics = strategy.aggregate_train(rnd, good)
         if new is None:
             status = f"stopped at round {rnd}: aggregation failed"
             break
@@ -171,6 +189,19 @@ def run_federation(
         wall_s=time.perf_counter() - t_run,
         baselines_fn=baselines_fn,
     )
+
+
+def aggregate_prior(replies: list[Message], state: dict[str, np.ndarray]) -> ArrayRecord:
+    """Round 0: the user-weighted mean of the sites' ``hist_k / n_k`` = (sum of hists) / N.
+
+    Only the prior changes; the trainable arrays stay the initial ones.
+    """
+    metrics: list[Any] = [r.content.metric_records[R.METRICS] for r in replies]
+    weights = [float(m[R.NUM_EXAMPLES]) for m in metrics]
+    priors = [R.from_record(r.content.array_records[R.ARRAYS])[PRIOR_KEY] for r in replies]
+    prior = sum(w * p.astype(np.float64) for w, p in zip(weights, priors, strict=True))
+    mean = np.asarray(prior, dtype=np.float64) / sum(weights)
+    return R.to_record({**state, PRIOR_KEY: mean.astype(np.float32)})
 
 
 def _client_row(reply: Message) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def train_msg(
     state: dict[str, np.ndarray],
     server_round: int = 1,
     *,
-    collect_prior: bool = True,
+    collect_prior: bool = False,
     proximal_mu: float = 0.0,
 ) -> Message:
     """The server's train instruction for `server_round`."""

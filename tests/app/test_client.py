@@ -57,9 +57,9 @@ def test_train_reply_carries_only_the_trainable_state_and_its_metrics(
     for name, value in got.items():
         assert value.shape == sent[name].shape, name
         assert value.dtype == sent[name].dtype, name
-    # Trained (DP noise reaches every trainable tensor) and the prior collected in round 1.
+    # Trained (DP noise reaches every trainable tensor); the prior only changes in round 0.
     changed = {k for k in got if not np.array_equal(got[k], sent[k])}
-    assert changed == set(sent)
+    assert changed == set(sent) - {"prior"}
 
     m = _metrics(reply)
     assert m["num-examples"] == _partition_size(cfg) > 0
@@ -249,3 +249,18 @@ def test_site_epsilon_cap_from_node_config(
     reply = client_app.train(train_msg(fresh_state(), 1), ctx)
     assert _metrics(reply)["declined"] == int(declines)
     assert (R.ARRAYS in reply.content.array_records) is not declines
+
+
+def test_prior_round_releases_the_histogram_without_training(
+    run_config: dict[str, Any], cfg: RunConfig, fresh_state: Callable[[], State]
+) -> None:
+    sent = fresh_state()
+    reply = client_app.train(train_msg(sent, 0, collect_prior=True), make_context(run_config))
+    got, m = _arrays(reply), _metrics(reply)
+    assert not np.array_equal(got["prior"], sent["prior"])  # histogram released
+    for k in sent:
+        if k != "prior":
+            np.testing.assert_array_equal(got[k], sent[k], err_msg=k)  # nothing trained
+    assert m["steps"] == 0 and 0 < m["epsilon"] < cfg.dp.epsilon
+    ledger = json.loads(_ledger(run_config).read_text())
+    assert [r["kind"] for r in ledger["rounds"]] == ["prior"]
