@@ -431,12 +431,14 @@ def test_user_histogram_rejects_recent_zero() -> None:
 def test_prior_scores_are_invariant_to_scaling(hist: list[float], scale: float) -> None:
     h = np.array(hist)
     assume(h.max() > 1e-3)
-    log_pop = np.log(np.maximum(h, h.max() * 1e-3))
+    floor = max(np.quantile(h, 0.5), h.max() * 1e-3)  # head_share 0.5: the tail is clamped
+    log_pop = np.log(np.maximum(h, floor))
     assume(log_pop.std() > 1e-3)
-    base = prior_scores(h)
+    base = prior_scores(h, head_share=0.5)
     assert base.mean() == pytest.approx(0.0, abs=1e-5) and base.std() == pytest.approx(1.0, 1e-4)
-    np.testing.assert_allclose(prior_scores(scale * h), base, atol=1e-4)
-    # order-preserving above the floor
-    above = h > h.max() * 1e-3
+    np.testing.assert_allclose(prior_scores(scale * h, head_share=0.5), base, atol=1e-4)
+    # order-preserving above the floor, and the clamped tail is flat
+    above = h > floor
     order = np.argsort(h[above], kind="stable")
     assert np.all(np.diff(base[above][order]) >= -1e-6)
+    assert np.ptp(base[~above]) <= 1e-6 if (~above).any() else True
