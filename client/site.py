@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -219,7 +220,7 @@ def train_round(
             site.corpus.data.n_items,
             recent=cfg.data.history_len,
             sigma=sigma,
-            seed=cfg.train.seed * 7919 + server_round,
+            seed=_site_seed(site, server_round, stream=1),
         )
         with torch.no_grad():
             # Average of per-site (hist / n_users) weighted by n_users = global sum / N.
@@ -248,7 +249,7 @@ def train_round(
         history_len=cfg.data.history_len,
         plan=plan,
         clip=cfg.dp.clip,
-        seed=cfg.train.seed * 100_003 + server_round,
+        seed=_site_seed(site, server_round, stream=2),
         proximal_mu=proximal_mu,
         anchor=anchor,
     )
@@ -271,6 +272,16 @@ def train_round(
             }
         )
     return trainable_state(site.model), metrics
+
+
+def _site_seed(site: Site, server_round: int, *, stream: int) -> int:
+    """Seed of one site's sampling and DP noise in one round.
+
+    Distinct per site: identical noise at every site would not average out in FedAvg (the
+    aggregate would carry K times one site's noise instead of sqrt(K) times).
+    """
+    digest = hashlib.sha256(f"{site.cfg.train.seed}/{site.name}/{server_round}/{stream}".encode())
+    return int.from_bytes(digest.digest()[:4], "little")
 
 
 def initial_state(site: Site) -> dict[str, np.ndarray]:
