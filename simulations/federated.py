@@ -50,8 +50,12 @@ def load_preset(name: str) -> dict[str, Any]:
         return dict(tomllib.load(fh))
 
 
-def _pids_using(flwr_home: Path) -> list[int]:
-    """Pids of processes whose command line mentions `flwr_home` (our SuperLink/SuperExec)."""
+def _pids_using(flwr_home: Path, ports: tuple[str, ...] = ()) -> list[int]:
+    """Pids of our run's processes.
+
+    SuperLink/SuperExec name `flwr_home` on their command line; the simulation process that
+    runs the ServerApp names our private port.
+    """
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -60,7 +64,9 @@ def _pids_using(flwr_home: Path) -> list[int]:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if str(flwr_home) in cmd and ("superlink" in cmd or "superexec" in cmd):
+        ours = str(flwr_home) in cmd and ("superlink" in cmd or "superexec" in cmd)
+        ours = ours or ("flwr-simulation" in cmd and any(f":{p} " in cmd + " " for p in ports))
+        if ours:
             pids.append(int(proc.name))
     return pids
 
@@ -77,9 +83,9 @@ def _port_busy(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def stop_superlink(flwr_home: Path) -> list[int]:
-    """Stop the SuperLink (and its SuperExec) started under `flwr_home`; return their pids."""
-    pids = _pids_using(flwr_home)
+def stop_superlink(flwr_home: Path, ports: tuple[str, ...] = ()) -> list[int]:
+    """Stop the SuperLink, SuperExec and simulation process of a run; return their pids."""
+    pids = _pids_using(flwr_home, ports)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -168,7 +174,7 @@ def run(
             rc = proc.wait()
         status = run_status(env)
     finally:
-        stop_superlink(flwr_home)
+        stop_superlink(flwr_home, tuple(ports.values()))
     results_f = out / "results.json"
     sub = (status or {}).get("status", "unknown")
     if rc != 0 or "fail" in str(sub).lower() or not results_f.exists():
