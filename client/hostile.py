@@ -23,7 +23,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +39,7 @@ FAULT_ENV = "FEDREC_FAULT"
 HANG_ENV = "FEDREC_HANG_S"
 
 
-class InjectedFault(RuntimeError):
+class InjectedFaultError(RuntimeError):
     """Raised by a hostile client on purpose (so tests can tell it from a real bug)."""
 
 
@@ -51,7 +51,7 @@ class Fault:
     factor: float = 1.0
     share: float = 1.0
 
-    def applies_to(self, node_config: dict[str, object]) -> bool:
+    def applies_to(self, node_config: Mapping[str, object]) -> bool:
         """Whether this node misbehaves (see the module docstring for ``share``)."""
         if self.share >= 1.0:
             return True
@@ -133,7 +133,7 @@ def fault_for(context: Context) -> Fault | None:
 def _hang(context: Context) -> Message:
     seconds = float(os.environ.get(HANG_ENV, "3600"))
     time.sleep(seconds)
-    raise InjectedFault(f"node {context.node_id} hung for {seconds:.0f}s (injected)")
+    raise InjectedFaultError(f"node {context.node_id} hung for {seconds:.0f}s (injected)")
 
 
 app = ClientApp()
@@ -149,7 +149,7 @@ def train(msg: Message, context: Context) -> Message:
     if fault is None or reply.has_error() or R.ARRAYS not in reply.content.array_records:
         return reply
     if fault.kind == "raise":
-        raise InjectedFault(f"node {context.node_id} crashed mid-training (injected)")
+        raise InjectedFaultError(f"node {context.node_id} crashed mid-training (injected)")
     sent = R.from_record(msg.content.array_records[R.ARRAYS])
     new = TAMPER[fault.kind](R.from_record(reply.content.array_records[R.ARRAYS]), sent, fault)
     content = RecordDict(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,9 +53,43 @@ def fresh_sites() -> Iterator[None]:
     clear_site_caches()
 
 
-@pytest.fixture
-def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def task_identity() -> Iterator[None]:
     """The task identity Flower's ServerApp runtime sets before strategies build Messages."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    with pytest.MonkeyPatch.context() as mp:
+        for attr, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+            mp.setattr(TaskIdentity, attr, value)
+        yield
+
+
+@pytest.fixture
+def server_identity() -> Iterator[None]:
+    with task_identity():
+        yield
+
+
+@contextlib.contextmanager
+def server_log() -> Iterator[list[str]]:
+    """Collect the messages of the round loop's logger (it need not propagate to the root)."""
+    from server.federation import log
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect(logging.INFO)
+    old = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)
+
+
+def training_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """History rows of training rounds (>= 1; a round 0 only collects the popularity prior)."""
+    return [h for h in results["history"] if h["round"] >= 1]

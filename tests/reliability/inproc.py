@@ -25,22 +25,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from client.client_app import app as honest_app
 from client.hostile import app as hostile_app
+from common import records as R
 from common.config import RunConfig, parse_config
 from common.model import RecModel, trainable_state
 from common.task import load_corpus
 from server.federation import run_federation
 
 FIRST_NODE = 101
+FROM_ENV = "$FEDREC_FAULT"  # a `federate` fault entry: the hostile app, fault from the env
 
 
 class GridCrash(BaseException):
-    """Raised by `InProcessGrid` to emulate the server process dying (see ``crash_after``)."""
+    """Raised by `InProcessGrid` to emulate the server process dying (see ``InProcessGrid``)."""
 
 
 @dataclass
@@ -51,6 +53,11 @@ class Node:
     app: ClientApp
     context: Context
     received: list[str] = field(default_factory=list)
+
+
+def _round_of(msg: Message) -> int:
+    config = msg.content.config_records.get(R.CONFIG)
+    return int(config.get(R.ROUND, 0)) if config else 0  # type: ignore[arg-type]
 
 
 class InProcessGrid:
@@ -64,9 +71,10 @@ class InProcessGrid:
         One app per node; node ``i`` gets ``partition-id = i`` of ``len(apps)``.
     node_configs : list of dict, optional
         Extra node-config entries per node (e.g. ``{"fault": "nan"}``).
-    crash_after : callable, optional
-        ``crash_after(kind, server_round)`` -> True makes `send_and_receive` raise `GridCrash`
-        after delivering that batch (the clients did their work, the server never sees it).
+    crash : callable, optional
+        ``crash(kind, server_round, phase)`` -> True makes `send_and_receive` raise `GridCrash`
+        ``"before"`` or ``"after"`` delivering that batch: the server process dies between
+        rounds, or after the clients did their work but before it saw the replies.
     """
 
     def __init__(
@@ -74,7 +82,7 @@ class InProcessGrid:
         run_config: dict[str, Any],
         apps: list[ClientApp],
         node_configs: list[dict[str, Any]] | None = None,
-        crash_after: Callable[[str, int], bool] | None = None,
+        crash: Callable[[str, int, str], bool] | None = None,
     ) -> None:
         extra = node_configs or [{} for _ in apps]
         self.nodes = {
@@ -91,7 +99,8 @@ class InProcessGrid:
             )
             for i, app in enumerate(apps)
         }
-        self.crash_after = crash_after
+        self.crash = crash
+        self.server_round = 0
         self.timeouts: list[int] = []  # nodes that did not answer in time
         self._threads: list[threading.Thread] = []
 
@@ -103,13 +112,16 @@ class InProcessGrid:
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """Deliver each message; return the replies that arrived within `timeout` each."""
-        replies, kind, rnd = [], "", 0
+        messages = list(messages)
+        kind = messages[0].metadata.message_type if messages else ""
+        rnd = self.server_round if kind != MessageType.TRAIN else _round_of(messages[0])
+        self.server_round = rnd
+        if self.crash is not None and self.crash(kind, rnd, "before"):
+            raise GridCrash(f"server died before sending the {kind} messages of round {rnd}")
+        replies = []
         for msg in messages:
             node = self.nodes[msg.metadata.dst_node_id]
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            kind = msg.metadata.message_type
-            config = msg.content.config_records.get("config")
-            rnd = int(config.get("server-round", 0)) if config else 0  # type: ignore[call-overload]
             node.received.append(kind)
             reply = self._deliver(node, msg, timeout)
             if reply is None:
@@ -117,8 +129,8 @@ class InProcessGrid:
                 continue
             reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             replies.append(reply)
-        if self.crash_after is not None and self.crash_after(kind, rnd):
-            raise GridCrash(f"server died after {kind} messages of round {rnd} were delivered")
+        if self.crash is not None and self.crash(kind, rnd, "after"):
+            raise GridCrash(f"server died after the {kind} messages of round {rnd} were answered")
         return replies
 
     def _deliver(self, node: Node, msg: Message, timeout: float | None) -> Message | None:
@@ -155,17 +167,17 @@ def federate(
     run_config: dict[str, Any],
     faults: list[str],
     *,
-    crash_after: Callable[[str, int], bool] | None = None,
+    crash: Callable[[str, int, str], bool] | None = None,
 ) -> tuple[dict[str, Any], InProcessGrid]:
     """Run `server.federation.run_federation` over one node per entry of `faults`.
 
-    ``faults[i] = ""`` gives node i the real `client.client_app.app`; any other value gives
-    it `client.hostile.app` with node config ``fault = faults[i]``.
+    ``faults[i] = ""`` gives node i the real `client.client_app.app`; `FROM_ENV` gives it
+    `client.hostile.app` reading ``$FEDREC_FAULT``; any other value gives it the hostile app
+    with node config ``fault = faults[i]``.
     """
     cfg = parse_config(run_config)
     apps = [honest_app if not f else hostile_app for f in faults]
-    grid = InProcessGrid(
-        run_config, apps, [{"fault": f} if f else {} for f in faults], crash_after=crash_after
-    )
+    node_configs = [{"fault": f} if f and f != FROM_ENV else {} for f in faults]
+    grid = InProcessGrid(run_config, apps, node_configs, crash=crash)
     results = run_federation(grid, cfg, initial_state(cfg), Path(cfg.fed.out_dir))  # type: ignore[arg-type]
     return results, grid
