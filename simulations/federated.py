@@ -123,9 +123,10 @@ def run(
     out = out.resolve()
     overrides = {**overrides, "fed.out-dir": str(out)}
     cfg = parse_config(overrides)  # validate before starting anything
+    corpus = load_corpus(cfg.data)  # bad data fails here, with file and line, before Flower
     if num_supernodes is None:
         num_supernodes = (
-            load_corpus(cfg.data).data.n_users
+            corpus.data.n_users
             if cfg.data.partitioning == "user"
             else cfg.data.num_sites
         )

@@ -189,15 +189,6 @@ def test_ml_1m_ratings_with_a_missing_field(
     _check_one_clear_line(code, capsys.readouterr().err, "ratings.dat line 2: expected 4", out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `python -m simulations.federated` does not load the data before starting "
-    "Flower (only for data.partitioning=user): a malformed ratings file fails inside the "
-    "ServerApp, and the user gets 'error: flwr run failed (exit 0, run status "
-    "'finished:failed'); see flwr.log' after a wall of forwarded Traceback lines, instead "
-    "of the file and line, after a SuperLink start, and with flwr.log, run-config.toml and "
-    ".flwr-home left in --out.",
-)
 def test_the_federated_command_names_the_bad_file_before_starting_flower(
     tmp_path: Path, tiny_backbone: Path
 ) -> None:
