@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
@@ -133,7 +134,28 @@ class Ledger:
         return self.epsilon(extra) > self.budget_epsilon * (1 + 1e-6)
 
     def record(self, server_round: int, kind: str, events: Sequence[Event]) -> float:
-        """Append the events of one round, persist, and return the new cumulative epsilon."""
+        """Append one round's events, persist, and return the new cumulative epsilon.
+
+        Read-check-append-write happens under the file lock against the ledger as it is on
+        disk now, so concurrent writers never lose an entry and never jointly overspend:
+        a round that would exceed the budget given the fresh state raises `PrivacyError`.
+        """
+        if self.path is None:
+            return self._append(server_round, kind, events)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock"):
+            if self.path.exists():
+                self.rounds = _read_rounds(self.path, self.budget_epsilon, self.delta)
+            if self.would_exceed(events):
+                raise PrivacyError(
+                    f"round {server_round} would take ledger {self.path} over its budget "
+                    f"epsilon {self.budget_epsilon} (spent {self.epsilon():.4g})"
+                )
+            eps = self._append(server_round, kind, events)
+            self._write()
+        return eps
+
+    def _append(self, server_round: int, kind: str, events: Sequence[Event]) -> float:
         if any(r["round"] == server_round and r["kind"] == kind for r in self.rounds):
             raise PrivacyError(
                 f"round {server_round} ({kind}) is already in the ledger {self.path}"
@@ -145,7 +167,6 @@ class Ledger:
         eps = self.epsilon()
         if self.rounds:
             self.rounds[-1]["epsilon"] = eps
-        self.save()
         return eps
 
     def has_round(self, server_round: int, kind: str) -> bool:
@@ -164,17 +185,21 @@ class Ledger:
         }
 
     def save(self) -> None:
-        """Write atomically (no-op for an in-memory ledger)."""
+        """Write atomically under the file lock (no-op for an in-memory ledger)."""
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock"):
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_json(), fh, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            self._write()
+
+    def _write(self) -> None:
+        assert self.path is not None
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.to_json(), fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
 
     @classmethod
     def open(
@@ -183,29 +208,36 @@ class Ledger:
         """Load the ledger at `path` (or start one); refuse a corrupt or mismatching file."""
         if path is None or not path.exists():
             return cls(budget_epsilon, delta, accountant, [], path)
-        try:
-            with FileLock(str(path) + ".lock"), open(path) as fh:
-                raw = json.load(fh)
-            rounds = list(raw["rounds"])
-            stored = (float(raw["budget_epsilon"]), float(raw["delta"]))
-            for r in rounds:
-                sigma, q, steps = float(r["sigma"]), float(r["q"]), int(r["steps"])
-                int(r["round"]), str(r["kind"])
-                if not (math.isfinite(sigma) and sigma >= 0 and 0 < q <= 1 and steps >= 0):
-                    raise ValueError(f"invalid round entry {r}")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise PrivacyError(
-                f"privacy ledger {path} is unreadable or corrupt ({exc}); refusing to train "
-                "rather than reset the budget. Restore it from a backup or delete it knowingly."
-            ) from exc
-        if not math.isclose(stored[1], delta) or (
-            math.isfinite(stored[0]) and budget_epsilon > stored[0] * (1 + 1e-9)
-        ):
-            raise PrivacyError(
-                f"privacy ledger {path} was written for epsilon {stored[0]}, delta {stored[1]}; "
-                f"this run asks for epsilon {budget_epsilon}, delta {delta}"
-            )
+        with FileLock(str(path) + ".lock"):
+            rounds = _read_rounds(path, budget_epsilon, delta)
         return cls(budget_epsilon, delta, accountant, rounds, path)
+
+
+def _read_rounds(path: Path, budget_epsilon: float, delta: float) -> list[dict[str, Any]]:
+    """Parse and validate a ledger file (caller holds the lock); refuse corrupt/mismatching."""
+    try:
+        with open(path) as fh:
+            raw = json.load(fh)
+        rounds = list(raw["rounds"])
+        stored = (float(raw["budget_epsilon"]), float(raw["delta"]))
+        for r in rounds:
+            sigma, q, steps = float(r["sigma"]), float(r["q"]), int(r["steps"])
+            int(r["round"]), str(r["kind"])
+            if not (math.isfinite(sigma) and sigma >= 0 and 0 < q <= 1 and steps >= 0):
+                raise ValueError(f"invalid round entry {r}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PrivacyError(
+            f"privacy ledger {path} is unreadable or corrupt ({exc}); refusing to train "
+            "rather than reset the budget. Restore it from a backup or delete it knowingly."
+        ) from exc
+    if not math.isclose(stored[1], delta) or (
+        math.isfinite(stored[0]) and budget_epsilon > stored[0] * (1 + 1e-9)
+    ):
+        raise PrivacyError(
+            f"privacy ledger {path} was written for epsilon {stored[0]}, delta {stored[1]}; "
+            f"this run asks for epsilon {budget_epsilon}, delta {delta}"
+        )
+    return rounds
 
 
 def user_histogram(histories: Sequence[np.ndarray], n_items: int, *, recent: int) -> np.ndarray:

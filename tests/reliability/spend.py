@@ -45,7 +45,10 @@ def writer(
         ledger = Ledger.open(Path(path), budget_epsilon=budget, delta=1e-5, accountant="rdp")
         if ledger.would_exceed([event]):
             break
-        ledger.record(i, name, [event])
+        try:  # record re-checks the budget against the ledger on disk, under the lock
+            ledger.record(i, name, [event])
+        except PrivacyError:
+            break
         done.append(i)
     return done
 

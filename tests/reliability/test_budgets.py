@@ -98,13 +98,6 @@ def test_concurrent_writers_leave_a_valid_ledger(
     assert not list(path.parent.glob(".ledger-*"))  # no temporary file left behind
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Ledger.open (read) and Ledger.record -> save (write) each take the file "
-    "lock, but not across the read-modify-write: two processes that opened the same ledger "
-    "each write back their own list, so one's entries are silently lost (and the budget "
-    "check is made on a stale ledger).",
-)
 def test_concurrent_writers_lose_no_entry(two_writers: tuple[Path, float, list[list[int]]]) -> None:
     path, _, (a, b) = two_writers
     kept = {(r["kind"], r["round"]) for r in json.loads(path.read_text())["rounds"]}
@@ -112,11 +105,6 @@ def test_concurrent_writers_lose_no_entry(two_writers: tuple[Path, float, list[l
     assert kept == recorded, f"{len(recorded - kept)} of {len(recorded)} entries lost"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: same race: the two processes together spend more events than the budget "
-    "admits (each checks would_exceed against a ledger the other has since changed).",
-)
 def test_concurrent_writers_never_overspend(
     two_writers: tuple[Path, float, list[list[int]]],
 ) -> None:
