@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +204,18 @@ def train_round(
     if plan is not None:
         events = plan.prior_events() if collect_prior else plan.round_events()
         ledger = open_ledger(site, plan)
+        kind = "prior" if collect_prior else "train"
+        if ledger.has_round(server_round, kind):
+            # A redelivered round (e.g. the server restarted mid-round): re-send the output
+            # already released for the same input instead of spending the budget again.
+            cached = _load_reply(site, server_round, kind, state)
+            if cached is None:
+                raise PrivacyError(
+                    f"round {server_round} ({kind}) was already spent in {site.ledger_path} "
+                    "for a different global state (or its reply was lost); refusing to spend "
+                    "it twice"
+                )
+            return cached
         if ledger.would_exceed(events):
             return None, {
                 "declined": 1,
@@ -239,7 +253,7 @@ def train_round(
             out.update(
                 {"epsilon": eps, "delta": plan.delta, "sigma": plan.prior_sigma, "sample-rate": 1.0}
             )
-        return trainable_state(site.model), out
+        return _save_reply(site, server_round, "prior", state, trainable_state(site.model), out)
     anchor = trainable_state(site.model) if proximal_mu > 0 else None
     stats = train(
         site.model,
@@ -271,7 +285,48 @@ def train_round(
                 "sample-rate": plan.sample_rate,
             }
         )
-    return trainable_state(site.model), metrics
+    return _save_reply(site, server_round, "train", state, trainable_state(site.model), metrics)
+
+
+def _reply_path(site: Site, server_round: int, kind: str) -> Path | None:
+    if site.ledger_path is None:
+        return None
+    return site.ledger_path.with_name(f"{site.ledger_path.stem}.round-{server_round}-{kind}.npz")
+
+
+def _save_reply(
+    site: Site,
+    server_round: int,
+    kind: str,
+    received: dict[str, np.ndarray],
+    state: dict[str, np.ndarray],
+    metrics: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Keep this round's released output (atomically) so a redelivery can re-send it."""
+    path = _reply_path(site, server_round, kind)
+    if path is not None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(
+                fh,
+                **{f"a/{k}": v for k, v in state.items()},  # type: ignore[arg-type]
+                meta=np.array(json.dumps({"digest": state_digest(received), "metrics": metrics})),
+            )
+        os.replace(tmp, path)
+    return state, metrics
+
+
+def _load_reply(
+    site: Site, server_round: int, kind: str, received: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    path = _reply_path(site, server_round, kind)
+    if path is None or not path.exists():
+        return None
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        if meta["digest"] != state_digest(received):
+            return None
+        return {k[2:]: z[k] for k in z.files if k.startswith("a/")}, meta["metrics"]
 
 
 def _site_seed(site: Site, server_round: int, *, stream: int) -> int:

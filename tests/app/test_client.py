@@ -120,13 +120,18 @@ def test_a_redelivered_round_never_spends_twice(
 ) -> None:
     ctx = make_context(run_config)
     sent = fresh_state()
-    spent = _metrics(client_app.train(train_msg(sent, 1), ctx))["epsilon"]
-    try:
-        reply = client_app.train(train_msg(sent, 1), ctx)
-    except PrivacyError as exc:
-        assert "round 1" in str(exc)
-    else:
-        assert _metrics(reply)["declined"] == 1
+    first = client_app.train(train_msg(sent, 1), ctx)
+    spent = _metrics(first)["epsilon"]
+    # Same round, same global state: the already released output is sent again, no new spend.
+    again = client_app.train(train_msg(sent, 1), ctx)
+    assert _metrics(again) == _metrics(first)
+    for k, v in _arrays(first).items():
+        np.testing.assert_array_equal(_arrays(again)[k], v, err_msg=k)
+    assert json.loads(_ledger(run_config).read_text())["epsilon"] == pytest.approx(spent)
+    # Same round, a different global state: refused loudly, still no new spend.
+    other = {k: v + 1.0 if k.startswith("head.") else v for k, v in sent.items()}
+    with pytest.raises(PrivacyError, match="round 1"):
+        client_app.train(train_msg(other, 1), ctx)
     assert json.loads(_ledger(run_config).read_text())["epsilon"] == pytest.approx(spent)
 
 

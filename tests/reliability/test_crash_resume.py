@@ -81,15 +81,6 @@ def test_a_crash_between_rounds_resumes_without_repeating_or_double_counting(
         assert led["epsilon"] <= led["budget_epsilon"] * (1 + 1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with dp.mode=local a server that dies after its clients trained round N "
-    "(ledger charged: 'spend first') but before checkpointing round N cannot resume: the "
-    "re-sent round N makes every client's Ledger.record raise PrivacyError('round N (train) "
-    "is already in the ledger'), all replies are errors, and the run ends 'stopped at round "
-    "N: 0 usable replies of 3'. Killing a server mid-round is the common case (rounds are "
-    "where the time goes).",
-)
 @pytest.mark.usefixtures("server_identity")
 def test_a_crash_after_the_clients_trained_resumes_and_finishes(
     run_config: dict[str, Any],
