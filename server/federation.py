@@ -126,6 +126,11 @@ def run_federation(
                 )
             row["bytes_down"] = R.state_bytes(arrays)
             clients.append(row)
+        answered = {int(r.metadata.src_node_id) for r in replies}
+        for node in sorted({int(m.metadata.dst_node_id) for m in msgs} - answered):
+            why = f"no reply within fed.round-timeout ({cfg.fed.round_timeout:g}s)"
+            log.warning("[fedrec] round %d: node %s gave %s", rnd, node, why)
+            clients.append({"node": node, "dropped": why, "bytes_down": R.state_bytes(arrays)})
         if len(good) < min(cfg.fed.min_clients, len(msgs)) or not good:
             status = f"stopped at round {rnd}: {len(good)} usable replies of {len(msgs)}"
             log.error("[fedrec] %s (fed.min-clients = %d)", status, cfg.fed.min_clients)

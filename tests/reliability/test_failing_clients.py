@@ -126,12 +126,6 @@ def test_a_hung_node_times_out_and_the_round_completes_with_the_others(
     assert any("round 1: aggregating 2 of 3 replies" in m for m in log)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a node that gives no reply within fed.round-timeout is not named anywhere: "
-    "server.federation only iterates the replies, so history['clients'] omits it and the log "
-    "only says 'aggregating 2 of 3 replies' (the issue asks the round to 'say so').",
-)
 def test_a_hung_node_is_named_in_the_history_and_the_log(
     hung_run: tuple[dict[str, Any], list[str], list[int]],
 ) -> None:
