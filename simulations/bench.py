@@ -134,12 +134,23 @@ def measure(base: dict[str, Any], name: str, over: dict[str, Any], steps: int) -
     }
 
 
-def run(base: dict[str, Any], out: Path, *, steps: int) -> dict[str, Any]:
+def _ratio(by: dict[str, dict[str, Any]], a: str, b: str) -> float | None:
+    if a in by and b in by:
+        return float(by[a]["users_per_s"] / by[b]["users_per_s"])
+    return None
+
+
+def run(
+    base: dict[str, Any], out: Path, *, steps: int, only: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Run every variant and the evaluation timing; write `out/bench.json`."""
     n_layers = load_backbone(str(base.get("model.backbone", ""))).config.num_hidden_layers
     gemm = gemm_flops()
     rows = []
+    eval_s, eval_users = None, 0
     for name, over in VARIANTS.items():
+        if only and name not in only:
+            continue
         over = {k: (n_layers if v == -1 else v) for k, v in over.items()}
         t0 = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -171,14 +182,10 @@ def run(base: dict[str, Any], out: Path, *, steps: int) -> dict[str, Any]:
         "steps": steps,
         "variants": rows,
         "ratios": {
-            "dp_over_nodp_time": by["lora-cached-nodp"]["users_per_s"]
-            / by["lora-cached-dp"]["users_per_s"],
-            "cached_over_uncached_speed": by["lora-cached-nodp"]["users_per_s"]
-            / by["lora-uncached-nodp"]["users_per_s"],
-            "cached_over_all_layers_speed": by["lora-cached-nodp"]["users_per_s"]
-            / by["lora-all-layers-nodp"]["users_per_s"],
-            "ffa_over_lora_speed": by["ffa-cached-dp"]["users_per_s"]
-            / by["lora-cached-dp"]["users_per_s"],
+            "dp_over_nodp_time": _ratio(by, "lora-cached-nodp", "lora-cached-dp"),
+            "cached_over_uncached_speed": _ratio(by, "lora-cached-nodp", "lora-uncached-nodp"),
+            "cached_over_all_layers_speed": _ratio(by, "lora-cached-nodp", "lora-all-layers-nodp"),
+            "ffa_over_lora_speed": _ratio(by, "ffa-cached-dp", "lora-cached-dp"),
         },
         "evaluation": {"full_catalogue_s": eval_s, "users": eval_users},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="synthetic data + tiny backbone (CI)")
     ap.add_argument("--steps", type=int, default=8, help="measured steps per variant")
     ap.add_argument("--data-dir", default="../shared/data/ml-latest-small")
+    ap.add_argument("--only", default="", help=f"comma-separated subset of {list(VARIANTS)}")
     args = ap.parse_args(argv)
     base: dict[str, Any] = {"data.dataset": "ml-latest-small", "data.dir": args.data_dir}
     if args.tiny:
@@ -208,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
             "model.backbone": str(tiny),
             "model.cache-dir": tempfile.mkdtemp(prefix="fedrec-cache-"),
         }
-    res = run(base, args.out, steps=args.steps)
+    only = tuple(v for v in args.only.split(",") if v)
+    unknown = sorted(set(only) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    res = run(base, args.out, steps=args.steps, only=only)
     print(json.dumps({"ratios": res["ratios"], "evaluation": res["evaluation"]}, indent=1))
     return 0
 
