@@ -64,7 +64,7 @@ def test_two_rounds_of_local_dp_end_to_end(
     assert on_disk["config"]["fed.out-dir"] == str(out.resolve())
 
     history = res["history"]
-    assert [h["round"] for h in history] == [1, 2]
+    assert [h["round"] for h in history] == [0, 1, 2]  # round 0: the DP popularity prior
     for row in history:
         assert row["n_aggregated"] == 2
         assert all("dropped" not in c for c in row["clients"])
@@ -81,7 +81,7 @@ def test_two_rounds_of_local_dp_end_to_end(
     assert len(ledgers) == 2
     for f in ledgers:
         assert json.loads(f.read_text())["epsilon"] <= 8.0
-        assert {r["round"] for r in json.loads(f.read_text())["rounds"]} == {1, 2}
+        assert {r["round"] for r in json.loads(f.read_text())["rounds"]} == {0, 1, 2}
 
     assert (out / "metrics.png").stat().st_size > 0
     assert (out / "checkpoint" / "state-0002.npz").exists()
@@ -109,7 +109,7 @@ def test_a_second_run_resumes_from_the_checkpoint(
         {**overrides, "dp.mode": "none", "fed.rounds": 1}, out, num_supernodes=2, quiet=True
     )
     assert first["status"] == "completed"
-    assert [h["round"] for h in first["history"]] == [1]
+    assert [h["round"] for h in first["history"]] == [0, 1]
     assert _alive_with(str(out / ".flwr-home")) == []
 
     second = run(
@@ -118,9 +118,9 @@ def test_a_second_run_resumes_from_the_checkpoint(
     assert second["status"] == "completed"
     assert second["flwr_status"]["status"] == "finished:completed"
     assert second["flwr_status"]["run-id"] != first["flwr_status"]["run-id"]
-    assert [h["round"] for h in second["history"]] == [1, 2]
-    # Round 1 came from the checkpoint, untouched: only round 2 ran the second time.
-    assert second["history"][0] == first["history"][0]
-    assert second["history"][0]["wall_s"] == first["history"][0]["wall_s"]
+    assert [h["round"] for h in second["history"]] == [0, 1, 2]
+    # Rounds 0-1 came from the checkpoint, untouched: only round 2 ran the second time.
+    assert second["history"][:2] == first["history"]
+    assert second["history"][1]["wall_s"] == first["history"][1]["wall_s"]
     assert second["config"]["fed.rounds"] == 2
     assert _alive_with(str(out / ".flwr-home")) == []

@@ -254,7 +254,8 @@ def test_tiny_preset_end_to_end(tmp_path: Path, tiny_backbone: Path, cache_dir: 
     assert all(r["status"] == "completed" for r in rows), rows
     dp = next(r for r in rows if r["privacy"]["mode"] == "local")
     assert dp["privacy"]["epsilon"] <= 8.0 * (1 + 1e-6)
-    assert len(dp["rounds"]) == 2 and dp["fairness"]["activity"]["groups"]
+    # round 0 (the DP popularity prior) + 2 training rounds
+    assert len(dp["rounds"]) == 3 and dp["fairness"]["activity"]["groups"]
     assert dp["cold_start"]["n_cold_items"] == 8
     assert sweep.main(argv) == 0  # re-run: nothing new
     assert len(sweep.read_rows(tmp_path / "results.jsonl")) == 3
