@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from common import records as R
 from common.canary import make_canaries
 from common.catalogue import default_cache_dir
 from common.config import RunConfig
 from common.evaluate import evaluate_scores, model_score_fn
-from common.metrics import RankingEvaluator
+from common.metrics import RankingEvaluator, long_tail_items
 from common.model import RecModel, load_trainable_state, trainable_state
 from common.privacy import Ledger, PrivacyError
 from common.records import state_digest
@@ -381,7 +382,13 @@ def evaluate_round(
         site.local,
         site.corpus.data.n_items,
         which=which,
-        evaluator=RankingEvaluator(site.corpus.data.n_items, seed=site.cfg.train.seed),
+        evaluator=RankingEvaluator(
+            site.corpus.data.n_items,
+            seed=site.cfg.train.seed,
+            long_tail_items=long_tail_items(
+                list(site.corpus.split.train), site.corpus.data.n_items
+            ),
+        ),
     )
     res = ev.result()
     out: dict[str, Any] = {k: v for k, v in res.items() if k != "n_users"}
@@ -391,6 +398,9 @@ def evaluate_round(
         out["per-user-user"] = [float(u) for u in pu["user"]]
         for k in ("hr@10", "ndcg@10"):
             out[f"per-user-{k}"] = [float(x) for x in pu[k]]
+        # Per-item top-10 counts: the server sums them for the federation's true coverage,
+        # exposure Gini and Lorenz curve (a mean of per-site coverages would be wrong).
+        out[R.EXPOSURE_COUNTS] = [float(x) for x in ev.exposure(10)]
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -235,6 +236,37 @@ def exposure_gini(topk: np.ndarray, n_items: int) -> float:
     return gini(_exposure(topk, n_items))
 
 
+def lorenz_curve(counts: np.ndarray, points: int = 51) -> list[float]:
+    """Exposure Lorenz curve: share of all slots held by the least-exposed ``x`` of the items.
+
+    Sampled at ``x = 0, 1/(points-1), ..., 1`` (linear interpolation between items); the
+    diagonal means equal exposure, a curve hugging the x axis means a few items take every
+    slot. With no exposure at all (empty or all-zero counts) every point is 0.0.
+    """
+    x = np.sort(np.asarray(counts, dtype=np.float64).ravel())
+    if np.isnan(x).any() or (x < 0).any():
+        raise ValueError("`counts` must be non-negative and not NaN.")
+    if points < 2:
+        raise ValueError(f"`points` must be >= 2, got {points}.")
+    total = x.sum()
+    grid = np.linspace(0.0, 1.0, points)
+    if x.size == 0 or total == 0:
+        return [0.0] * points
+    cum = np.concatenate([[0.0], np.cumsum(x) / total])
+    share = np.interp(grid * x.size, np.arange(x.size + 1), cum)
+    return [float(v) for v in share]
+
+
+def exposure_summary(counts: np.ndarray, k: int) -> dict[str, Any]:
+    """``coverage@K``, ``exposure_gini@K`` and ``exposure_lorenz@K`` of per-item counts."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return {
+        f"coverage@{k}": float((counts > 0).sum() / counts.size) if counts.size else 0.0,
+        f"exposure_gini@{k}": gini(counts),
+        f"exposure_lorenz@{k}": lorenz_curve(counts),
+    }
+
+
 def distribution_summary(values: np.ndarray) -> dict[str, float]:
     """Per-client fairness summary: mean, std (ddof 0), worst10, gini, min, max and n.
 
@@ -351,6 +383,16 @@ class RankingEvaluator:
             out[f"exposure_gini@{k}"] = gini(counts)
         out["n_users"] = float(sum(u.size for u in self._users))
         return out
+
+    def exposure(self, k: int = 10) -> np.ndarray:
+        """How often each item appeared in the top-``k`` lists of the users added so far."""
+        if k not in self._exposure:
+            raise ValueError(f"no exposure kept for k={k}; cut-offs are {self.ks}.")
+        return self._exposure[k].copy()
+
+    def curves(self) -> dict[str, list[float]]:
+        """``exposure_lorenz@K`` for every cut-off (see :func:`lorenz_curve`)."""
+        return {f"exposure_lorenz@{k}": lorenz_curve(c) for k, c in self._exposure.items()}
 
     def per_user(self) -> dict[str, np.ndarray]:
         """``user``, ``rank`` and per-user ``hr@K``, ``ndcg@K``, ``mrr``, in the order added."""

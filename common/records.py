@@ -15,6 +15,7 @@ UNIT_WEIGHT = "unit-weight"  # always 1: the weight key under central DP (unweig
 TRAIN_LOSS = "train_loss"  # key QFedAvg reads
 DECLINED = "declined"  # 1.0 when a client refused to train (budget exhausted)
 PER_USER_PREFIX = "per-user-"  # list-valued per-user metrics (fairness studies)
+EXPOSURE_COUNTS = "exposure-counts@10"  # per-item top-10 counts, summed across clients
 
 # Per-round ConfigRecord keys sent by the server.
 ROUND = "server-round"

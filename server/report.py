@@ -12,6 +12,7 @@ from flwr.app import Message
 
 from common import records as R
 from common.config import RunConfig
+from common.metrics import exposure_summary
 from simulations.io import write_json_atomic
 
 
@@ -36,7 +37,13 @@ def aggregate_eval(replies: list[Message]) -> dict[str, Any]:
         "ndcg@10": [float(m.get("ndcg@10", math.nan)) for m in rows],
         "n_users": [float(m[R.NUM_EXAMPLES]) for m in rows],
     }
-    lists = {k for m in rows for k, v in m.items() if isinstance(v, list)}
+    counts = [np.asarray(m[R.EXPOSURE_COUNTS], np.float64) for m in rows if R.EXPOSURE_COUNTS in m]
+    if counts:
+        if len({c.shape for c in counts}) != 1:
+            raise ValueError(f"clients sent `{R.EXPOSURE_COUNTS}` of different lengths")
+        # Coverage and Gini of the union of every user's top-10, not a mean of per-site values.
+        out.update(exposure_summary(np.sum(counts, axis=0), 10))
+    lists = {k for m in rows for k, v in m.items() if isinstance(v, list)} - {R.EXPOSURE_COUNTS}
     if lists:
         out["per_user"] = {
             k[len(R.PER_USER_PREFIX) :]: [x for m in rows for x in m.get(k, [])]

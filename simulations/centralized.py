@@ -44,7 +44,7 @@ def evaluator_for(corpus: Corpus, seed: int) -> RankingEvaluator:
     return RankingEvaluator(corpus.data.n_items, seed=seed, long_tail_items=tail)
 
 
-def run_baselines(corpus: Corpus, *, seed: int) -> dict[str, dict[str, float]]:
+def run_baselines(corpus: Corpus, *, seed: int) -> dict[str, dict[str, Any]]:
     """Most-popular and EASE on the same split and protocol as the model."""
     out = {}
     local = corpus.everyone()
@@ -61,7 +61,7 @@ def run_baselines(corpus: Corpus, *, seed: int) -> dict[str, dict[str, float]]:
             which="test",
             evaluator=evaluator_for(corpus, seed),
         )
-        out[name] = ev.result()
+        out[name] = {**ev.result(), **ev.curves()}
     return out
 
 
@@ -144,7 +144,7 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
         which="test",
         evaluator=evaluator_for(corpus, cfg.train.seed),
     )
-    metrics = ev.result()
+    metrics = {**ev.result(), **ev.curves()}
     events = [*plan.prior_events(), *plan.round_events() * cfg.fed.rounds] if plan else []
     delta = plan.delta if plan else 1.0 / max(n_train, 1)
     privacy = {

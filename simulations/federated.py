@@ -126,9 +126,7 @@ def run(
     corpus = load_corpus(cfg.data)  # bad data fails here, with file and line, before Flower
     if num_supernodes is None:
         num_supernodes = (
-            corpus.data.n_users
-            if cfg.data.partitioning == "user"
-            else cfg.data.num_sites
+            corpus.data.n_users if cfg.data.partitioning == "user" else cfg.data.num_sites
         )
     out.mkdir(parents=True, exist_ok=True)
     flwr_home = out / ".flwr-home"
@@ -148,6 +146,9 @@ def run(
         **ports,
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        # `flwr` and the SuperLink's own children must come from this interpreter's
+        # environment even when it was not activated (e.g. `.venv/bin/python -m ...`).
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     cmd = [
         "flwr",

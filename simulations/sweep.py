@@ -25,24 +25,20 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from common.config import ConfigError, load_defaults, parse_config, parse_overrides
 from simulations import federated
+from simulations.fairness import cold_start, fairness
 from simulations.io import _clean
+from simulations.scale import run_scale, scale_overrides
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 TABLES = ("description", "base", "grid", "point", "central", "scale")
-ACTIVE_SHARE = 0.2  # "most active" = top 20% of users by training interactions
-AGE_BANDS = ((0, "<25"), (25, "25-34"), (35, "35-44"), (45, "45+"))  # ml-1m codes fit too
-DEMOGRAPHICS = ("gender", "age", "group")
 
 
 @dataclass
@@ -170,118 +166,6 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-# ------------------------------------------------------------------ fairness
-
-
-def activity_groups(train_counts: np.ndarray, share: float = ACTIVE_SHARE) -> np.ndarray:
-    """Boolean mask of the ``ceil(share * n)`` users with most training interactions.
-
-    Ties at the cut are broken by the lower user index (stable sort).
-    """
-    counts = np.asarray(train_counts)
-    top = np.argsort(-counts, kind="stable")[: int(math.ceil(share * counts.size))]
-    mask = np.zeros(counts.size, dtype=bool)
-    mask[top] = True
-    return mask
-
-
-def age_band(age: float) -> str:
-    """Band label of an age (ml-100k years or ml-1m age codes)."""
-    return [label for low, label in AGE_BANDS if age >= low][-1]
-
-
-def group_table(values: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
-    """Mean hr@10 / ndcg@10 per label, and the gap (best minus worst group mean) per metric."""
-    groups: dict[str, Any] = {}
-    for lab in sorted(set(labels.tolist())):
-        sel = labels == lab
-        groups[str(lab)] = {"n": int(sel.sum())} | {
-            k: float(v[sel].mean()) for k, v in values.items()
-        }
-    gaps = (
-        {
-            f"gap_{k}": max(g[k] for g in groups.values()) - min(g[k] for g in groups.values())
-            for k in values
-        }
-        if len(groups) > 1
-        else {}
-    )
-    return {"groups": groups, **gaps}
-
-
-def per_user_lists(results: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    """Per-user {user, hr@10, ndcg@10} of the final evaluation (federated or central)."""
-    pu = results.get("per_user") or ((results.get("history") or [{}])[-1].get("eval") or {}).get(
-        "per_user"
-    )
-    if not pu or "user" not in pu or not len(pu["user"]):
-        return None
-    return {k: np.asarray(pu[k], dtype=np.float64) for k in ("user", "hr@10", "ndcg@10")}
-
-
-def fairness(results: dict[str, Any], corpus: Any) -> dict[str, Any]:
-    """Per-client distribution, user groups (activity, demographics) and item-side metrics."""
-    from common.metrics import distribution_summary
-
-    out: dict[str, Any] = {}
-    last = ((results.get("history") or [{}])[-1].get("eval") or {}).get("per_client")
-    if last:
-        out["per_client"] = {
-            k: distribution_summary(np.array([x for x in last[k] if not math.isnan(x)]))
-            for k in ("hr@10", "ndcg@10")
-        }
-    pu = per_user_lists(results)
-    if pu is not None:
-        users = pu["user"].astype(np.int64)
-        vals = {k: pu[k] for k in ("hr@10", "ndcg@10")}
-        counts = np.array([len(t) for t in corpus.split.train])
-        active = activity_groups(counts)[users]
-        out["activity"] = group_table(vals, np.where(active, "top20", "rest"))
-        attrs = corpus.data.user_attrs
-        for name in DEMOGRAPHICS:
-            if name in attrs:
-                raw = np.asarray(attrs[name])[users]
-                labels = np.array([age_band(float(a)) for a in raw]) if name == "age" else raw
-                out[name] = group_table(vals, labels.astype(str))
-    m = results.get("metrics", {})
-    out["items"] = {k: m[k] for k in ("coverage@10", "long_tail_share@10", "exposure_gini@10")
-                    if k in m}  # fmt: skip
-    return out
-
-
-def cold_start(results: dict[str, Any], corpus: Any, *, seed: int) -> dict[str, Any] | None:
-    """Model vs most-popular on users whose test item is cold (never in training) vs the rest."""
-    from common.baselines import create_baseline
-    from common.evaluate import evaluate_scores
-    from simulations.centralized import evaluator_for
-
-    split = corpus.split
-    pu = per_user_lists(results)
-    if not len(split.cold_items) or pu is None:
-        return None
-    users = pu["user"].astype(np.int64)
-    cold = np.isin(split.test[users], split.cold_items)
-    out: dict[str, Any] = {
-        "n_cold_items": int(len(split.cold_items)),
-        "n_cold_users": int(cold.sum()),
-    }
-    for name, sel in (("cold", cold), ("warm", ~cold)):
-        out[name] = {
-            k: float(pu[k][sel].mean()) if sel.any() else None for k in ("hr@10", "ndcg@10")
-        }
-    if cold.any():
-        pop = create_baseline("most-popular", list(split.train), corpus.data.n_items)
-        ev = evaluate_scores(
-            lambda _r, known: np.asarray(pop.scores_for(known)),
-            corpus.local(users[cold]),
-            corpus.data.n_items,
-            which="test",
-            evaluator=evaluator_for(corpus, seed),
-        ).result()
-        out["most-popular_cold"] = {k: ev[k] for k in ("hr@10", "ndcg@10")}
-    return out
-
-
 def make_row(pt: Point, results: dict[str, Any], wall_s: float) -> dict[str, Any]:
     """The results.jsonl row of a finished point: config, metrics, privacy, fairness, timing."""
     from common.task import load_corpus
@@ -360,193 +244,54 @@ def run_central(over: dict[str, Any], out: Path) -> dict[str, Any]:
     return res
 
 
-def wait_for_ports(timeout: float, log: Any) -> None:
-    """No-op kept for the CLI flag: every run now gets free SuperLink ports of its own."""
-
-
 def _attempt(pt: Point, out: Path, t0: float) -> dict[str, Any]:
     if pt.kind == "central":
         res = run_central(pt.overrides, out / "central" / pt.id)
         res.setdefault("status", "completed")
         return make_row(pt, res, time.time() - t0)
     if pt.kind == "scale":
-        return run_scale(pt, out / "scale" / pt.id)
+        return {
+            "id": pt.id,
+            "kind": "scale",
+            "setting": "scale",
+            "settings": ["scale"],
+            **run_scale(pt.overrides, out / "scale" / pt.id),
+        }
     res = federated.run(pt.overrides, out / "points" / pt.id, quiet=True)
     return make_row(pt, res, time.time() - t0)
 
 
-def _ports_taken() -> bool:
-    return False  # each run picks its own free ports (simulations.federated.PORT_ENV)
-
-
-def run_one(pt: Point, out: Path, *, wait_s: float, log: Any) -> dict[str, Any]:
+def run_one(pt: Point, out: Path, *, log: Any = None) -> dict[str, Any]:
     """Run a point; return its row (a failure gives a row with status "failed" and the error).
 
-    A federated or scale run that fails while another run's SuperLink holds Flower's ports (it
-    took them between our check and our start) is retried once after the ports are free.
+    Every federated run picks free SuperLink ports of its own (`simulations.federated`), so
+    concurrent sweeps on one machine do not collide and a failure is not retried.
     """
-    for attempt in (1, 2):
-        if pt.kind != "central":
-            wait_for_ports(wait_s, log)
-        t0 = time.time()  # after any wait for the ports: the row's time is the run's own
-        try:
-            return _attempt(pt, out, t0)
-        except Exception as exc:  # a failed point is recorded; the sweep goes on
-            if attempt == 1 and pt.kind != "central" and _ports_taken():
-                log(f"{pt.id}: failed while another run holds the ports ({exc}); retrying")
-                continue
-            return {
-                "id": pt.id,
-                "kind": pt.kind,
-                "setting": pt.settings[0] if pt.settings else pt.kind,
-                "settings": pt.settings,
-                "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}",
-                "overrides": pt.overrides,
-                "timing": {"sweep_wall_s": time.time() - t0},
-            }
-    raise AssertionError("unreachable")
+    t0 = time.time()
+    try:
+        return _attempt(pt, out, t0)
+    except Exception as exc:  # a failed point is recorded; the sweep goes on
+        if log is not None:
+            log(f"{pt.id}: {type(exc).__name__}: {exc}")
+        return {
+            "id": pt.id,
+            "kind": pt.kind,
+            "setting": pt.settings[0] if pt.settings else pt.kind,
+            "settings": pt.settings,
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "overrides": pt.overrides,
+            "timing": {"sweep_wall_s": time.time() - t0},
+        }
 
 
 # ------------------------------------------------------------------ scale
 
 
-class TreeMonitor:
-    """Polls /proc for the peak summed RSS and PSS of the processes of one `flwr run`.
-
-    Counted: this process's descendants and every process whose environment holds
-    ``FLWR_HOME=<flwr_home>`` (the detached SuperLink, the simulation and its Ray workers),
-    not this process itself (reported apart as ``launcher_rss_mb``).
-    """
-
-    def __init__(self, flwr_home: Path, interval: float = 1.0) -> None:
-        self.marker = f"FLWR_HOME={flwr_home}".encode()
-        self.interval = interval
-        self.peak_rss_kb = self.peak_pss_kb = self.peak_procs = self.max_proc_kb = 0
-        self._member: dict[int, bool] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> TreeMonitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def sample(self) -> None:
-        """Take one reading of the process tree."""
-        ppid: dict[int, int] = {}
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    ppid[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-        me = os.getpid()
-        rss = pss = n = 0
-        for pid in ppid:
-            if pid != me and self._belongs(pid, ppid, me):
-                r, p = _memory_kb(pid)
-                rss, pss, n = rss + r, pss + p, n + 1
-                self.max_proc_kb = max(self.max_proc_kb, r)
-        self.peak_rss_kb = max(self.peak_rss_kb, rss)
-        self.peak_pss_kb = max(self.peak_pss_kb, pss)
-        self.peak_procs = max(self.peak_procs, n)
-
-    def _belongs(self, pid: int, ppid: dict[int, int], me: int) -> bool:
-        if pid not in self._member:
-            try:
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                env = []
-            self._member[pid] = self.marker in env
-        if self._member[pid]:
-            return True
-        seen, p = 0, ppid.get(pid, 0)
-        while p > 1 and seen < 64:
-            if p == me:
-                return True
-            p, seen = ppid.get(p, 0), seen + 1
-        return False
-
-
-def _memory_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS, Pss) of a process in kB; (0, 0) if it is gone."""
-
-    def field_kb(path: str, name: str) -> int:
-        try:
-            for line in Path(path).read_text().splitlines():
-                if line.startswith(name):
-                    return int(line.split()[1])
-        except (OSError, ValueError, IndexError):
-            pass
-        return 0
-
-    return field_kb(f"/proc/{pid}/status", "VmRSS:"), field_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
-
-
 def plan_scale(spec: dict[str, Any], n_clients: int, extra: dict[str, Any]) -> Point:
     """The ``--scale N`` point: N synthetic single-user clients, ``clients-per-round`` sampled."""
-    table = dict(spec.get("scale", {}))
-    per_round = int(table.pop("clients-per-round", 20))
-    frac = min(1.0, per_round / n_clients)
-    over = {
-        **table,
-        "data.partitioning": "user",
-        "data.synthetic-users": n_clients,
-        "fed.fraction-train": frac,
-        "fed.fraction-evaluate": frac,
-        **extra,
-    }
-    if parse_config(over).data.dataset != "synthetic":
-        raise ConfigError("--scale needs data.dataset = 'synthetic' (in the preset's [scale])")
+    over = scale_overrides(dict(spec.get("scale", {})), n_clients, extra)
     return Point(point_id("scale", over), "scale", over, ["scale"])
-
-
-def run_scale(pt: Point, out: Path) -> dict[str, Any]:
-    """Run the scale point under a `TreeMonitor`; return its kind="scale" row."""
-    import resource
-
-    t0 = time.time()
-    out = out.resolve()
-    with TreeMonitor(out / ".flwr-home") as mon:
-        res = federated.run(pt.overrides, out, quiet=True)
-    hist = res.get("history") or []
-    per_round = [float(h["wall_s"]) for h in hist]
-    cfg = parse_config(pt.overrides)
-    return {
-        "id": pt.id,
-        "kind": "scale",
-        "setting": "scale",
-        "settings": ["scale"],
-        "status": "completed" if res.get("status") == "completed" else "stopped",
-        "run_status": res.get("status"),
-        "dataset": cfg.data.dataset,
-        "overrides": pt.overrides,
-        "n_clients": cfg.data.synthetic_users,
-        "clients_per_round": [len(h.get("clients", [])) for h in hist],
-        "time_per_round_s": per_round,
-        "mean_round_s": sum(per_round) / len(per_round) if per_round else None,
-        "peak_rss_mb": mon.peak_rss_kb / 1024,
-        "peak_pss_mb": mon.peak_pss_kb / 1024,
-        "peak_processes": mon.peak_procs,
-        "max_process_rss_mb": mon.max_proc_kb / 1024,
-        "launcher_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "metrics": res.get("metrics", {}),
-        "privacy": {
-            k: res.get("privacy", {}).get(k)
-            for k in ("unit", "mode", "trust_model", "epsilon", "target_epsilon")
-        },
-        "timing": {**res.get("timing", {}), "sweep_wall_s": time.time() - t0},
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
 
 
 # ------------------------------------------------------------------ the loop
@@ -556,9 +301,7 @@ def _brief(pt: Point, varying: list[str]) -> str:
     return " ".join(f"{k}={pt.overrides.get(k)}" for k in varying if k in pt.overrides)
 
 
-def run_sweep(
-    points: list[Point], out: Path, *, wait_s: float = 0.0, log: Any = None
-) -> list[dict]:
+def run_sweep(points: list[Point], out: Path, *, log: Any = None) -> list[dict]:
     """Run every point without a completed row in `out/results.jsonl`; return the new rows."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     path = out / "results.jsonl"
@@ -574,7 +317,7 @@ def run_sweep(
     t_start = time.time()
     for i, pt in enumerate(todo, 1):
         log(f"[{i}/{len(todo)}] {pt.kind} {pt.id} ({', '.join(pt.settings)}) {_brief(pt, varying)}")
-        row = run_one(pt, out, wait_s=wait_s, log=log)
+        row = run_one(pt, out, log=log)
         append_row(path, row)
         rows.append(row)
         eta = (time.time() - t_start) / i * (len(todo) - i)
@@ -608,13 +351,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-central", action="store_true", help="skip the central rows")
     ap.add_argument("--dry-run", action="store_true", help="list the points and exit")
-    ap.add_argument(
-        "--wait-ports",
-        type=float,
-        default=3600.0,
-        metavar="S",
-        help="wait up to S seconds for another run's SuperLink to free the ports",
-    )
     args = ap.parse_args(argv)
     try:
         spec = load_spec(args.preset)
@@ -634,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(points)} points")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = run_sweep(points, args.out, wait_s=args.wait_ports)
+    rows = run_sweep(points, args.out)
     bad = [r for r in rows if r["status"] != "completed"]
     print(
         f"{len(rows) - len(bad)} completed, {len(bad)} not -> {args.out / 'results.jsonl'}"

@@ -56,6 +56,21 @@ def test_a_metric_only_some_clients_report_is_averaged_over_those_clients() -> N
     assert out["coverage@10"] == pytest.approx(1.0)
 
 
+def test_exposure_counts_are_summed_into_federation_wide_item_metrics() -> None:
+    # Site 1 shows items {0, 1}, site 2 shows {0, 2}: the union covers 3 of 4 items, while the
+    # user-weighted mean of the sites' own coverages (0.5 each) would say 0.5.
+    a = _eval_reply(1, 1, 1.0, **{"coverage@10": 0.5, R.EXPOSURE_COUNTS: [2.0, 1.0, 0.0, 0.0]})
+    b = _eval_reply(2, 1, 0.0, **{"coverage@10": 0.5, R.EXPOSURE_COUNTS: [1.0, 0.0, 3.0, 0.0]})
+    out = aggregate_eval([a, b])
+    assert out["coverage@10"] == pytest.approx(0.75)
+    assert out["exposure_gini@10"] == pytest.approx(2 * 23 / 28 - 5 / 4)  # gini([3, 1, 3, 0])
+    assert out["exposure_lorenz@10"][-1] == pytest.approx(1.0)
+    assert "per_user" not in out  # the counts are not per-user lists
+    bad = _eval_reply(3, 1, 0.0, **{R.EXPOSURE_COUNTS: [1.0]})
+    with pytest.raises(ValueError, match="different lengths"):
+        aggregate_eval([a, bad])
+
+
 def _history() -> list[dict[str, Any]]:
     def clients(eps: float) -> list[dict[str, Any]]:
         return [

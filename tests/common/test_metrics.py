@@ -14,9 +14,11 @@ from common.metrics import (
     coverage_at_k,
     distribution_summary,
     exposure_gini,
+    exposure_summary,
     gini,
     long_tail_items,
     long_tail_share,
+    lorenz_curve,
     per_user_metrics,
     ranking_metrics,
     sampled_ranks,
@@ -193,6 +195,38 @@ def test_gini_standard_formula() -> None:
     assert gini(np.zeros(0)) == 0.0 and gini(np.zeros(3)) == 0.0
     with pytest.raises(ValueError, match="non-negative"):
         gini(np.array([-1.0, 2.0]))
+
+
+def test_lorenz_curve_by_hand() -> None:
+    # counts sorted: 0, 1, 3 (total 4); cumulative shares at 0, 1/3, 2/3, 1 items: 0, 0, 1/4, 1
+    c = lorenz_curve(np.array([3, 0, 1]), points=4)
+    assert c == pytest.approx([0.0, 0.0, 0.25, 1.0])
+    assert lorenz_curve(np.ones(5), points=3) == pytest.approx([0.0, 0.5, 1.0])  # the diagonal
+    assert lorenz_curve(np.zeros(4), points=3) == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="non-negative"):
+        lorenz_curve(np.array([-1.0]))
+
+
+def test_lorenz_area_matches_gini() -> None:
+    # G = 1 - 2 * (area under the Lorenz curve); exact for the piecewise-linear curve at items.
+    x = np.random.default_rng(3).integers(0, 20, 40).astype(float)
+    curve = np.array(lorenz_curve(x, points=41))  # one point per item boundary
+    area = float(((curve[1:] + curve[:-1]) / 2).sum() / 40)
+    assert 1 - 2 * area == pytest.approx(gini(x))
+
+
+def test_exposure_summary_and_evaluator_counts_agree() -> None:
+    ev = RankingEvaluator(6, ks=(2,))
+    scores = np.array([[5, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5]], dtype=float)
+    ev.add(np.array([0, 1]), scores, np.array([0, 5]), [np.array([1]), np.array([4])])
+    counts = ev.exposure(2)
+    assert counts.tolist() == [1, 0, 1, 1, 0, 1]  # top-2 of each user, excluded items skipped
+    summary = exposure_summary(counts, 2)
+    assert summary["coverage@2"] == pytest.approx(4 / 6)
+    assert summary["exposure_gini@2"] == pytest.approx(ev.result()["exposure_gini@2"])
+    assert ev.curves()["exposure_lorenz@2"] == summary["exposure_lorenz@2"]
+    with pytest.raises(ValueError, match="k=10"):
+        ev.exposure(10)
 
 
 def test_long_tail_items_top_20_percent_is_head() -> None:

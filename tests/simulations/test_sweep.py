@@ -12,7 +12,7 @@ import pytest
 
 from common.config import ConfigError, parse_config
 from common.task import load_corpus
-from simulations import federated, report, sweep
+from simulations import fairness, federated, report, sweep
 
 EXTRA = {"model.backbone": "/nonexistent/tiny"}  # never loaded by the fast tests
 
@@ -105,7 +105,6 @@ def test_rerun_skips_finished_points_and_a_failure_is_recorded(
         return fake_results(over)
 
     monkeypatch.setattr(federated, "run", fake_run)
-    monkeypatch.setattr(sweep, "_ports_taken", lambda: False)  # other runs on this machine
     monkeypatch.setattr(sweep, "run_central", lambda over, out: fake_results(over, hr=0.3))
     central = sweep.plan_central(sweep.load_spec("tiny"), tiny_points, dict(EXTRA))
     points = tiny_points + central
@@ -129,22 +128,6 @@ def test_rerun_skips_finished_points_and_a_failure_is_recorded(
     assert row["cold_start"]["n_cold_items"] == 8
 
 
-def test_a_run_that_lost_the_ports_to_another_run_is_retried_once(
-    tmp_path: Path, tiny_points: list[sweep.Point], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[str] = []
-
-    def fake_run(over: dict[str, Any], out: Path, **_: Any) -> dict[str, Any]:
-        calls.append(out.name)
-        raise RuntimeError("flwr run failed (exit 1, run status 'unknown')")
-
-    monkeypatch.setattr(federated, "run", fake_run)
-    monkeypatch.setattr(sweep, "_ports_taken", lambda: True)
-    monkeypatch.setattr(sweep, "wait_for_ports", lambda *_: None)
-    row = sweep.run_one(tiny_points[0], tmp_path, wait_s=0, log=lambda _: None)
-    assert row["status"] == "failed" and len(calls) == 2
-
-
 def test_torn_last_line_is_ignored_but_a_bad_middle_line_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     path.write_text('{"id": "a"}\n{"id": "b", "sta')
@@ -155,19 +138,19 @@ def test_torn_last_line_is_ignored_but_a_bad_middle_line_is_an_error(tmp_path: P
 
 
 def test_activity_groups_and_age_bands() -> None:
-    mask = sweep.activity_groups(np.array([5, 1, 3, 9, 2, 9, 0, 0, 0, 0]))
+    mask = fairness.activity_groups(np.array([5, 1, 3, 9, 2, 9, 0, 0, 0, 0]))
     assert mask.tolist() == [False, False, False, True, False, True] + [False] * 4  # ceil(2)
-    assert sweep.activity_groups(np.array([1, 1, 1])).tolist() == [True, False, False]  # tie
-    assert [sweep.age_band(a) for a in (1, 18, 24, 25, 35, 44, 45, 56, 70)] == [
+    assert fairness.activity_groups(np.array([1, 1, 1])).tolist() == [True, False, False]  # tie
+    assert [fairness.age_band(a) for a in (1, 18, 24, 25, 35, 44, 45, 56, 70)] == [
         "<25", "<25", "<25", "25-34", "35-44", "35-44", "45+", "45+", "45+"]  # fmt: skip
 
 
 def test_group_table_gap_by_hand() -> None:
     vals = {"hr@10": np.array([1.0, 0.0, 1.0, 1.0]), "ndcg@10": np.array([0.5, 0, 1, 0])}
-    t = sweep.group_table(vals, np.array(["F", "F", "M", "M"]))
+    t = fairness.group_table(vals, np.array(["F", "F", "M", "M"]))
     assert t["groups"]["F"] == {"n": 2, "hr@10": 0.5, "ndcg@10": 0.25}
     assert t["gap_hr@10"] == pytest.approx(0.5) and t["gap_ndcg@10"] == pytest.approx(0.25)
-    assert "gap_hr@10" not in sweep.group_table(vals, np.array(["F"] * 4))
+    assert "gap_hr@10" not in fairness.group_table(vals, np.array(["F"] * 4))
 
 
 def test_cold_start_counts_cold_users_and_most_popular_scores_zero(
@@ -175,7 +158,7 @@ def test_cold_start_counts_cold_users_and_most_popular_scores_zero(
 ) -> None:
     over = tiny_points[0].overrides
     corpus = load_corpus(parse_config(over).data)
-    cs = sweep.cold_start(fake_results(over), corpus, seed=0)
+    cs = fairness.cold_start(fake_results(over), corpus, seed=0)
     assert cs is not None
     cold = np.isin(corpus.split.test, corpus.split.cold_items)
     assert cs["n_cold_users"] == int(cold.sum()) > 0
@@ -189,7 +172,8 @@ def _row(i: str, kind: str = "point", **kw: Any) -> dict[str, Any]:
         "settings": ["local-4-sites"] if kind == "point" else [kind], "status": "completed",
         "overrides": {"dp.epsilon": kw.get("target", "inf")},
         "epsilon_target": kw.get("target", "inf"),
-        "metrics": base["metrics"], "baselines": base["baselines"],
+        "metrics": {**base["metrics"], "exposure_lorenz@10": [0.0, 0.1, 1.0]},
+        "baselines": base["baselines"],
         "privacy": {"unit": "user", "mode": kw.get("mode", "none"), "trust_model": "sites trusted",
                     "epsilon": kw.get("eps", "inf"), "target_epsilon": kw.get("target", "inf")},
         "fairness": {"per_client": {"hr@10": {"mean": .2, "std": .1, "worst10": .1, "gini": .2,
@@ -232,7 +216,7 @@ def test_report_renders_every_section_and_flags_epsilon_above_target(tmp_path: P
         assert "_No data" not in body, title
     assert "RuntimeError: boom" in md and "| 300 | 10 |" in md
     for png in ("utility_vs_epsilon", "utility_per_round", "per_client", "group_gaps_vs_epsilon",
-                "item_exposure", "scale"):  # fmt: skip
+                "item_exposure", "exposure_curves", "scale"):  # fmt: skip
         assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 0
 
 
@@ -257,6 +241,9 @@ def test_tiny_preset_end_to_end(tmp_path: Path, tiny_backbone: Path, cache_dir: 
     # round 0 (the DP popularity prior) + 2 training rounds
     assert len(dp["rounds"]) == 3 and dp["fairness"]["activity"]["groups"]
     assert dp["cold_start"]["n_cold_items"] == 8
+    for row in rows:  # federated curves from summed per-site counts; central from the evaluator
+        curve = row["metrics"]["exposure_lorenz@10"]
+        assert len(curve) == 51 and curve[0] == 0.0 and curve[-1] == pytest.approx(1.0)
     assert sweep.main(argv) == 0  # re-run: nothing new
     assert len(sweep.read_rows(tmp_path / "results.jsonl")) == 3
     assert report.main([str(tmp_path)]) == 0

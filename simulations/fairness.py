@@ -1,0 +1,126 @@
+"""Fairness of a finished run: per-client spread, user groups, item exposure, cold start.
+
+Groups: the 20% most active users (by training interactions) vs the rest, and demographics
+where the data set has them (gender and age bands for ml-100k / ml-1m, the planted group for
+synthetic data). Gaps are best minus worst group mean.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+ACTIVE_SHARE = 0.2  # "most active" = top 20% of users by training interactions
+AGE_BANDS = ((0, "<25"), (25, "25-34"), (35, "35-44"), (45, "45+"))  # ml-1m codes fit too
+DEMOGRAPHICS = ("gender", "age", "group")
+
+
+def activity_groups(train_counts: np.ndarray, share: float = ACTIVE_SHARE) -> np.ndarray:
+    """Boolean mask of the ``ceil(share * n)`` users with most training interactions.
+
+    Ties at the cut are broken by the lower user index (stable sort).
+    """
+    counts = np.asarray(train_counts)
+    top = np.argsort(-counts, kind="stable")[: int(math.ceil(share * counts.size))]
+    mask = np.zeros(counts.size, dtype=bool)
+    mask[top] = True
+    return mask
+
+
+def age_band(age: float) -> str:
+    """Band label of an age (ml-100k years or ml-1m age codes)."""
+    return [label for low, label in AGE_BANDS if age >= low][-1]
+
+
+def group_table(values: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
+    """Mean hr@10 / ndcg@10 per label, and the gap (best minus worst group mean) per metric."""
+    groups: dict[str, Any] = {}
+    for lab in sorted(set(labels.tolist())):
+        sel = labels == lab
+        groups[str(lab)] = {"n": int(sel.sum())} | {
+            k: float(v[sel].mean()) for k, v in values.items()
+        }
+    gaps = (
+        {
+            f"gap_{k}": max(g[k] for g in groups.values()) - min(g[k] for g in groups.values())
+            for k in values
+        }
+        if len(groups) > 1
+        else {}
+    )
+    return {"groups": groups, **gaps}
+
+
+def per_user_lists(results: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """Per-user {user, hr@10, ndcg@10} of the final evaluation (federated or central)."""
+    pu = results.get("per_user") or ((results.get("history") or [{}])[-1].get("eval") or {}).get(
+        "per_user"
+    )
+    if not pu or "user" not in pu or not len(pu["user"]):
+        return None
+    return {k: np.asarray(pu[k], dtype=np.float64) for k in ("user", "hr@10", "ndcg@10")}
+
+
+def fairness(results: dict[str, Any], corpus: Any) -> dict[str, Any]:
+    """Per-client distribution, user groups (activity, demographics) and item-side metrics."""
+    from common.metrics import distribution_summary
+
+    out: dict[str, Any] = {}
+    last = ((results.get("history") or [{}])[-1].get("eval") or {}).get("per_client")
+    if last:
+        out["per_client"] = {
+            k: distribution_summary(np.array([x for x in last[k] if not math.isnan(x)]))
+            for k in ("hr@10", "ndcg@10")
+        }
+    pu = per_user_lists(results)
+    if pu is not None:
+        users = pu["user"].astype(np.int64)
+        vals = {k: pu[k] for k in ("hr@10", "ndcg@10")}
+        counts = np.array([len(t) for t in corpus.split.train])
+        active = activity_groups(counts)[users]
+        out["activity"] = group_table(vals, np.where(active, "top20", "rest"))
+        attrs = corpus.data.user_attrs
+        for name in DEMOGRAPHICS:
+            if name in attrs:
+                raw = np.asarray(attrs[name])[users]
+                labels = np.array([age_band(float(a)) for a in raw]) if name == "age" else raw
+                out[name] = group_table(vals, labels.astype(str))
+    m = results.get("metrics", {})
+    out["items"] = {k: m[k] for k in ("coverage@10", "long_tail_share@10", "exposure_gini@10")
+                    if k in m}  # fmt: skip
+    return out
+
+
+def cold_start(results: dict[str, Any], corpus: Any, *, seed: int) -> dict[str, Any] | None:
+    """Model vs most-popular on users whose test item is cold (never in training) vs the rest."""
+    from common.baselines import create_baseline
+    from common.evaluate import evaluate_scores
+    from simulations.centralized import evaluator_for
+
+    split = corpus.split
+    pu = per_user_lists(results)
+    if not len(split.cold_items) or pu is None:
+        return None
+    users = pu["user"].astype(np.int64)
+    cold = np.isin(split.test[users], split.cold_items)
+    out: dict[str, Any] = {
+        "n_cold_items": int(len(split.cold_items)),
+        "n_cold_users": int(cold.sum()),
+    }
+    for name, sel in (("cold", cold), ("warm", ~cold)):
+        out[name] = {
+            k: float(pu[k][sel].mean()) if sel.any() else None for k in ("hr@10", "ndcg@10")
+        }
+    if cold.any():
+        pop = create_baseline("most-popular", list(split.train), corpus.data.n_items)
+        ev = evaluate_scores(
+            lambda _r, known: np.asarray(pop.scores_for(known)),
+            corpus.local(users[cold]),
+            corpus.data.n_items,
+            which="test",
+            evaluator=evaluator_for(corpus, seed),
+        ).result()
+        out["most-popular_cold"] = {k: ev[k] for k in ("hr@10", "ndcg@10")}
+    return out
