@@ -7,7 +7,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,17 @@ def calibrate_noise(
         raise PrivacyError(
             f"the prior events alone spend epsilon >= {target_epsilon}; nothing left for training"
         )
+    return bisect_sigma(eps, target_epsilon, tolerance=tolerance)
+
+
+def bisect_sigma(
+    eps: Callable[[float], float], target_epsilon: float, *, tolerance: float = 0.01
+) -> float:
+    """Smallest noise multiplier (to ~1e-3) with ``eps(sigma) <= target_epsilon``.
+
+    `eps` must decrease in sigma. The answer is never above the target and at most
+    `tolerance` below it (or within 1e-3 in sigma).
+    """
     lo, hi = 0.0, 1.0
     while eps(hi) > target_epsilon:
         lo, hi = hi, 2 * hi

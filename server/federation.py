@@ -14,9 +14,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common import records as R
+from common.central_dp import calibrate_central, central_epsilon, round_release, top_up_noise
 from common.config import RunConfig
 from common.model import PRIOR_KEY
-from common.privacy import calibrate_noise, epsilon_of
 from server.checkpoint import Checkpoint
 from server.checks import check_update
 from server.report import aggregate_eval, finish_run
@@ -40,19 +40,23 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0) -> list[int]:
 
 
 def central_sigma(cfg: RunConfig, n_clients: int) -> tuple[float, float, float]:
-    """(noise multiplier, sample rate q, delta) of central DP-FedAvg; sigma 0 if off."""
-    q = clients_per_round(cfg, n_clients) / n_clients
+    """(noise multiplier, sample rate q, delta) of central DP-FedAvg; sigma 0 if off.
+
+    Calibrated for Flower's fixed-size sampling (see `common.central_dp`), not Poisson.
+    """
+    m = clients_per_round(cfg, n_clients)
+    q = m / n_clients
     delta = cfg.dp.delta or 1.0 / n_clients
     if cfg.dp.mode != "central":
         return 0.0, q, delta
     if cfg.fed.central_noise > 0:
         return cfg.fed.central_noise, q, delta
-    sigma = calibrate_noise(
+    sigma = calibrate_central(
         target_epsilon=cfg.dp.epsilon,
+        n_clients=n_clients,
+        per_round=m,
+        rounds=cfg.fed.rounds,
         delta=delta,
-        sample_rate=q,
-        steps=cfg.fed.rounds,
-        accountant=cfg.dp.accountant,
     )
     return sigma, q, delta
 
@@ -144,6 +148,23 @@ def run_federation(
         if new is None:
             status = f"stopped at round {rnd}: aggregation failed"
             break
+        release = None
+        if cfg.dp.mode == "central" and rnd > 0:
+            kept = len(good)
+            if sigma > 0 and kept < len(msgs):
+                new = top_up_noise(
+                    new, sigma=sigma, clip=cfg.fed.central_clip, sampled=len(msgs), aggregated=kept
+                )
+                log.warning(
+                    "[fedrec] round %d: %d of %d sampled updates aggregated; central DP noise "
+                    "topped up to sigma * clip / %d to keep the planned privacy",
+                    rnd,
+                    kept,
+                    len(msgs),
+                    kept,
+                )
+                kept = len(msgs)  # the released noise now matches a full round's
+            release = round_release(sigma, sampled=len(msgs), aggregated=kept)
         arrays = R.from_record(new)
         eval_msgs = list(
             strategy.configure_evaluate(
@@ -159,7 +180,6 @@ def run_federation(
             if not r.has_error()
         ]
         evaluation = aggregate_eval(ev_replies)
-        events = [(sigma, q, 1)] * rnd if sigma > 0 else []
         row_out: dict[str, Any] = {
             "round": rnd,
             "wall_s": time.perf_counter() - t0,
@@ -169,8 +189,13 @@ def run_federation(
             "eval": evaluation,
         }
         if cfg.dp.mode == "central":
-            row_out["central_epsilon"] = epsilon_of(
-                events, delta=delta, accountant=cfg.dp.accountant
+            row_out["central_release"] = list(release) if release else None
+            releases = [tuple(h["central_release"]) for h in [*history, row_out]
+                        if h.get("central_release")]  # fmt: skip
+            row_out["central_epsilon"] = central_epsilon(
+                releases,  # type: ignore[arg-type]
+                n_clients=n_clients,
+                delta=delta,
             )
         history.append(row_out)
         ckpt.save(rnd, arrays, history)

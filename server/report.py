@@ -11,6 +11,7 @@ import numpy as np
 from flwr.app import Message
 
 from common import records as R
+from common.central_dp import RELATION, SAMPLING
 from common.config import RunConfig
 from common.metrics import exposure_summary
 from simulations.io import write_json_atomic
@@ -84,7 +85,9 @@ def _privacy(
             "epsilon": eps,
             "target_epsilon": cfg.dp.epsilon,
             "delta": central["delta"],
-            "accountant": cfg.dp.accountant,
+            "accountant": "rdp (Flower's RdpAccountant / dp-accounting)",
+            "neighbouring": RELATION,
+            "sampling": SAMPLING,
             "noise_multiplier": central["sigma"],
             "sample_rate": central["q"],
             "clip": cfg.fed.central_clip,
