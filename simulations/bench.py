@@ -33,8 +33,9 @@ from common.evaluate import evaluate_scores, model_score_fn
 from common.model import trainable_state
 from common.records import state_bytes
 from common.task import setup
-from common.train import DPPlan, make_batch, per_user_loss, train
+from common.train import DPPlan, make_batch, per_user_loss, plan_dp, train
 from simulations.io import write_json_atomic
+from simulations.scale import run_scale, scale_overrides
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "lora-cached-nodp": {"dp.mode": "none"},
@@ -134,6 +135,80 @@ def measure(base: dict[str, Any], name: str, over: dict[str, Any], steps: int) -
     }
 
 
+def site_round(base: dict[str, Any], n_users: int) -> dict[str, Any]:
+    """Wall time of one site's local round: DP-SGD over `n_users` users + their evaluation.
+
+    The site's users are the first `n_users` of the data set; the noise is planned as a real
+    site plans it (`plan_dp`, the configured epochs and rounds); the catalogue cache is warm.
+    """
+    cfg = parse_config({**base, "dp.mode": "local"})
+    corpus, cat, model = setup(cfg)
+    local = corpus.local(np.arange(min(n_users, corpus.data.n_users)))
+    n = len(local.trainable())
+    plan = plan_dp(cfg.dp, cfg.train, n_users=n, rounds=cfg.fed.rounds, use_prior=True)
+    t0 = time.perf_counter()
+    stats = train(
+        model, cat, local, cfg.train, history_len=cfg.data.history_len, plan=plan,
+        clip=cfg.dp.clip, seed=3,
+    )  # fmt: skip
+    t1 = time.perf_counter()
+    evaluate_scores(
+        model_score_fn(model, cat, history_len=cfg.data.history_len),
+        local,
+        corpus.data.n_items,
+        which="test",
+    )
+    t2 = time.perf_counter()
+    return {
+        "users": len(local),
+        "trainable_users": n,
+        "steps": stats.steps,
+        "train_s": t1 - t0,
+        "eval_s": t2 - t1,
+        "round_s": t2 - t0,
+    }
+
+
+FEDERATED: dict[str, Any] = {
+    "data.dataset": "synthetic",
+    "data.synthetic-items": 300,
+    "dp.mode": "central",
+    "dp.epsilon": 8.0,
+    "fed.rounds": 2,
+    "fed.min-clients": 2,
+    "clients-per-round": 10,
+}
+
+
+def federated_scale(base: dict[str, Any], sizes: list[int], out: Path) -> list[dict[str, Any]]:
+    """Round wall time and peak RSS of real `flwr run` simulations with N clients each."""
+    extra = {k: v for k, v in base.items() if k.startswith("model.")}
+    rows = []
+    for n in sizes:
+        print(f"[bench] federated simulation with {n} clients ...", file=sys.stderr, flush=True)
+        over = scale_overrides(FEDERATED, n, extra)
+        res = run_scale(over, out / "federated" / str(n))
+        rows.append(
+            {
+                "clients": n,
+                "status": res["status"],
+                "clients_per_round": res["clients_per_round"],
+                "time_per_round_s": res["time_per_round_s"],
+                "mean_round_s": res["mean_round_s"],
+                "peak_rss_mb": res["peak_rss_mb"],
+                "peak_pss_mb": res["peak_pss_mb"],
+                "peak_processes": res["peak_processes"],
+            }
+        )
+        print(
+            f"[bench] {n} clients: {res['mean_round_s'] or 0:.1f} s/round, "
+            f"peak RSS {res['peak_rss_mb']:.0f} MB",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rows
+
+
 def _ratio(by: dict[str, dict[str, Any]], a: str, b: str) -> float | None:
     if a in by and b in by:
         return float(by[a]["users_per_s"] / by[b]["users_per_s"])
@@ -141,9 +216,15 @@ def _ratio(by: dict[str, dict[str, Any]], a: str, b: str) -> float | None:
 
 
 def run(
-    base: dict[str, Any], out: Path, *, steps: int, only: tuple[str, ...] = ()
+    base: dict[str, Any],
+    out: Path,
+    *,
+    steps: int,
+    only: tuple[str, ...] = (),
+    site_users: int = 150,
+    federated: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Run every variant and the evaluation timing; write `out/bench.json`."""
+    """Run every variant, the evaluation timing, a site round and the federated scale runs."""
     n_layers = load_backbone(str(base.get("model.backbone", ""))).config.num_hidden_layers
     gemm = gemm_flops()
     rows = []
@@ -175,6 +256,12 @@ def run(
             file=sys.stderr,
             flush=True,
         )
+    site = None
+    if site_users > 0:
+        print(f"[bench] one site round with {site_users} users ...", file=sys.stderr, flush=True)
+        site = site_round(base, site_users)
+    fed = federated_scale(base, federated, out) if federated else []
+    mem = {r["clients"]: r["peak_rss_mb"] for r in fed if r["status"] == "completed"}
     by = {r["variant"]: r for r in rows}
     res = {
         "machine": machine(),
@@ -188,6 +275,11 @@ def run(
             "ffa_over_lora_speed": _ratio(by, "ffa-cached-dp", "lora-cached-dp"),
         },
         "evaluation": {"full_catalogue_s": eval_s, "users": eval_users},
+        "site_round": site,
+        "federated": fed,
+        "federated_peak_rss_ratio": (
+            mem[max(mem)] / mem[min(mem)] if len(mem) > 1 else None
+        ),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "config": base,
     }
@@ -207,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=8, help="measured steps per variant")
     ap.add_argument("--data-dir", default="../shared/data/ml-latest-small")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {list(VARIANTS)}")
+    ap.add_argument("--site-users", type=int, default=150, help="users of the site round (0: skip)")
+    ap.add_argument(
+        "--federated",
+        default="10,100,1000",
+        help="comma-separated client counts of the federated simulations ('' to skip)",
+    )
     args = ap.parse_args(argv)
     base: dict[str, Any] = {"data.dataset": "ml-latest-small", "data.dir": args.data_dir}
     if args.tiny:
@@ -220,8 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(only) - set(VARIANTS))
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-    res = run(base, args.out, steps=args.steps, only=only)
-    print(json.dumps({"ratios": res["ratios"], "evaluation": res["evaluation"]}, indent=1))
+    try:
+        sizes = [int(x) for x in args.federated.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--federated must be comma-separated integers, got {args.federated!r}")
+    if any(n < 2 for n in sizes):
+        ap.error("--federated client counts must be >= 2")
+    res = run(
+        base, args.out, steps=args.steps, only=only, site_users=args.site_users, federated=sizes
+    )
+    keys = ("ratios", "evaluation", "site_round", "federated_peak_rss_ratio")
+    summary = {k: res[k] for k in keys}
+    print(json.dumps(summary, indent=1))
     return 0
 
 
