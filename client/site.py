@@ -24,7 +24,14 @@ from common.metrics import RankingEvaluator, long_tail_items
 from common.model import RecModel, load_trainable_state, trainable_state
 from common.privacy import Ledger, PrivacyError
 from common.records import state_digest
-from common.task import Corpus, client_users, load_corpus, local_histogram, setup
+from common.task import (
+    Corpus,
+    client_users,
+    heldout_users,
+    load_corpus,
+    local_histogram,
+    setup,
+)
 from common.train import DPPlan, LocalData, plan_dp, train
 
 
@@ -64,6 +71,9 @@ def node_setup(
         pid, nparts = int(node_config["partition-id"]), int(node_config["num-partitions"])
         corpus = load_corpus(cfg.data)
         users = client_users(cfg.data, corpus, pid, nparts, cfg.fed.seed)
+        if cfg.audit.holdout_users > 0:  # audit: these users' data never reach any client
+            out = heldout_users(corpus.data.n_users, cfg.audit.holdout_users, cfg.audit.seed)
+            users = np.setdiff1d(users, out)
         return cfg, str(node_config.get("site-name", f"client-{pid}")), users
     return cfg, str(node_config.get("site-name", "site")), None
 

@@ -259,14 +259,21 @@ class FedConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """Canary users for the empirical privacy audit (0 canaries = off)."""
+    """Canary users and held-out real users for the empirical privacy audit (0 = off)."""
 
     canaries: int
     canary_history: int
     seed: int
+    holdout_users: float
 
     def __post_init__(self) -> None:
         _check(self.canaries >= 0, "audit.canaries", self.canaries, "must be >= 0 (0 = off)")
+        _check(
+            0.0 <= self.holdout_users <= 0.9,
+            "audit.holdout-users",
+            self.holdout_users,
+            "must be in [0, 0.9] (share of real users kept out of training; 0 = off)",
+        )
         _check(
             self.canary_history >= 1, "audit.canary-history", self.canary_history, "must be >= 1"
         )

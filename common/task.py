@@ -77,6 +77,19 @@ def client_users(
     return parts[partition_id]
 
 
+def heldout_users(n_users: int, share: float, seed: int) -> np.ndarray:
+    """Sorted users kept out of every client's training (membership-inference non-members).
+
+    ``round(share * n_users)`` users drawn without replacement from a generator seeded with
+    `seed` (``audit.seed``), so the server-side audit knows them without any client telling.
+    """
+    k = int(round(share * n_users))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([seed, 7])
+    return np.sort(rng.choice(n_users, size=k, replace=False)).astype(np.int64)
+
+
 @functools.lru_cache(maxsize=8)
 def _partition(
     n_users: int, n_clients: int, mode: str, seed: int, alpha: float, labels: tuple[int, ...] | None

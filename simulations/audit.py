@@ -32,7 +32,7 @@ from common.config import ConfigError, RunConfig, parse_config, parse_overrides
 from common.evaluate import ScoreFn, model_score_fn
 from common.model import RecModel, load_adapter
 from common.privacy import epsilon_of
-from common.task import device, load_catalogue, load_corpus
+from common.task import device, heldout_users, load_catalogue, load_corpus
 from simulations import federated
 from simulations.io import write_json_atomic
 
@@ -155,7 +155,13 @@ def audit_canaries(
 
 
 def attack_real_users(cfg: RunConfig, scorer: Scorer) -> dict[str, Any]:
-    """Per-interaction attack: each user's last training item (member) vs its test item."""
+    """Attacks on real users: per interaction always, per user when users were held out.
+
+    Per interaction: each user's last training item (member) vs its test item (never trained).
+    Per user (``audit.holdout-users > 0``): trained users vs users whose data reached no
+    client, on the same statistic (last training item given the earlier ones; the prior
+    attack also looks at the history, since a user's own items all fed the histogram).
+    """
     split = load_corpus(cfg.data).split
     users = [u for u, t in enumerate(split.train) if len(t) >= 2]
     member = scorer(
@@ -168,7 +174,19 @@ def attack_real_users(cfg: RunConfig, scorer: Scorer) -> dict[str, Any]:
         split.test[users],
         prior_of_history=False,
     )
-    return {a: {**A.membership_attack(member[a], non[a]), "unit": "interaction"} for a in member}
+    out = {a: {**A.membership_attack(member[a], non[a]), "unit": "interaction"} for a in member}
+    if cfg.audit.holdout_users > 0:
+        held = set(heldout_users(len(split.train), cfg.audit.holdout_users, cfg.audit.seed))
+        last = scorer(
+            [split.train[u][:-1] for u in users], np.array([split.train[u][-1] for u in users])
+        )
+        out_mask = np.array([u in held for u in users])
+        for a, s in last.items():
+            out[f"{a}, held-out users"] = {
+                **A.membership_attack(s[~out_mask], s[out_mask]),
+                "unit": "user",
+            }
+    return out
 
 
 def accounted(res: dict[str, Any], ledgers: dict[str, Any], delta_audit: float) -> dict[str, Any]:
@@ -225,7 +243,7 @@ def plot_roc(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for who, attacks in (
         ("canary users", report["canaries"]["attacks"]),
-        ("real users, per interaction", report["real_users"]),
+        ("real users", report["real_users"]),
     ):
         for name, att in attacks.items():
             ax.plot(
@@ -315,13 +333,15 @@ def markdown(r: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|",
             *[_attack_row("canary users (user-level)", n, a) for n, a in can["attacks"].items()],
             *[
-                _attack_row("real users (per interaction)", n, a)
+                _attack_row(f"real users (per {a.get('unit', 'interaction')})", n, a)
                 for n, a in r["real_users"].items()
             ],
             "",
-            "ROC curves: `roc.png`. Real users: each user's last training item (member) against "
-            "its test item (never trained); no user is held out of training, so this is a "
-            "per-interaction attack, and the two items also differ in time and popularity.",
+            "ROC curves: `roc.png`. Real users per interaction: each user's last training item "
+            "(member) against its test item (never trained); the two items also differ in time "
+            "and popularity. Real users per user (with `audit.holdout-users` > 0): users whose "
+            "data reached no client are the non-members, scored on the same statistic as the "
+            "trained users.",
             "",
             "## Ledger check",
             "",

@@ -178,3 +178,22 @@ def test_dominant_genre() -> None:
     assert dominant_genre(TINY, leave_one_out(TINY)).tolist() == [2, -1]
     tie = make([0, 0, 0, 0], [0, 1, 3, 3], [1, 2, 3, 4], GENRES)  # train = Drama, Comedy
     assert dominant_genre(tie, leave_one_out(tie)).tolist() == [1]  # tie -> lowest index
+
+
+def test_heldout_users_never_reach_a_simulated_client() -> None:
+    from client.site import node_setup
+    from common.config import load_defaults
+    from common.task import heldout_users
+
+    held = heldout_users(60, 0.25, 12345)
+    assert len(held) == 15 and len(set(held.tolist())) == 15
+    assert np.array_equal(held, heldout_users(60, 0.25, 12345))  # the server can recompute it
+    assert len(heldout_users(60, 0.0, 1)) == 0
+    run = {**load_defaults(), "data.dataset": "synthetic", "data.synthetic-users": 60,
+           "data.synthetic-items": 80, "audit.holdout-users": 0.25}  # fmt: skip
+    seen = []
+    for pid in range(4):
+        _, _, users = node_setup(run, {"partition-id": pid, "num-partitions": 4})
+        assert users is not None
+        seen += users.tolist()
+    assert sorted(seen) == sorted(set(range(60)) - set(held.tolist()))

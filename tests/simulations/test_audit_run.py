@@ -33,10 +33,13 @@ def test_without_dp_the_audit_has_power(
         tmp_path / "nodp",
         tiny_backbone,
         cache_dir,
-        "dp.mode=none train.epochs=2.0",
+        "dp.mode=none train.epochs=2.0 audit.holdout-users=0.25",
         "--require-power",
     )
     assert rc == 0
+    held = rep["real_users"]["model, held-out users"]
+    assert held["unit"] == "user" and 5 <= held["n_nonmembers"] <= 10 < held["n_members"]
+    assert rep["real_users"]["model"]["unit"] == "interaction"
     assert rep["privacy"]["mode"] == "none" and rep["ledger"] is None
     can = rep["canaries"]
     assert can["m"] == 200
