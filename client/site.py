@@ -167,6 +167,7 @@ def dp_plan(site: Site) -> DPPlan | None:
         n_users=len(site.trainees.trainable()),
         rounds=site.cfg.fed.rounds,
         use_prior=site.cfg.model.prior,
+        protected_users=len(site.trainees),
     )
 
 

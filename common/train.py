@@ -142,12 +142,24 @@ class DPPlan:
 
 
 def plan_dp(
-    dp: DPConfig, train: TrainConfig, *, n_users: int, rounds: int, use_prior: bool
+    dp: DPConfig,
+    train: TrainConfig,
+    *,
+    n_users: int,
+    rounds: int,
+    use_prior: bool,
+    protected_users: int | None = None,
 ) -> DPPlan:
-    """Calibrate noise so that the prior release plus `rounds` rounds end at `dp.epsilon`."""
+    """Calibrate noise so that the prior release plus `rounds` rounds end at `dp.epsilon`.
+
+    `n_users` users can be sampled for DP-SGD (sample rate ``batch_users / n_users``);
+    `protected_users` (default `n_users`) is everyone whose data the party uses (the
+    popularity histogram also counts users too short to train on): delta = 1/protected_users.
+    """
     if n_users < 1:
         raise ValueError("cannot plan DP-SGD for a client with no trainable users")
-    delta = dp.delta or 1.0 / n_users
+    protected = max(protected_users or n_users, n_users)
+    delta = dp.delta or 1.0 / protected
     q = min(1.0, train.batch_users / n_users)
     steps = max(1, math.ceil(train.epochs / q))
     prior_sigma = 0.0

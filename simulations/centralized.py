@@ -75,7 +75,12 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
     dp = cfg.dp.mode == "local"
     plan = (
         plan_dp(
-            cfg.dp, cfg.train, n_users=n_train, rounds=cfg.fed.rounds, use_prior=cfg.model.prior
+            cfg.dp,
+            cfg.train,
+            n_users=n_train,
+            rounds=cfg.fed.rounds,
+            use_prior=cfg.model.prior,
+            protected_users=len(local),
         )
         if dp
         else None
@@ -146,7 +151,7 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
     )
     metrics = {**ev.result(), **ev.curves()}
     events = [*plan.prior_events(), *plan.round_events() * cfg.fed.rounds] if plan else []
-    delta = plan.delta if plan else 1.0 / max(n_train, 1)
+    delta = plan.delta if plan else 1.0 / max(len(local), 1)
     privacy = {
         "unit": "user",
         "trust_model": "central curator (trusted); DP protects each user "

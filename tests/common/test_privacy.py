@@ -217,6 +217,15 @@ def test_plan_delta_defaults_to_one_over_users(
     assert plan.delta == expected
 
 
+def test_plan_delta_counts_every_protected_user_not_only_trainable_ones(
+    make_cfg: Callable[..., RunConfig],
+) -> None:
+    # 40 users can train, 50 fed the popularity histogram: delta = 1/50, q = batch/40.
+    cfg = make_cfg(**{"dp.noise-multiplier": 1.3, "train.batch-users": 8})
+    plan = plan_dp(cfg.dp, cfg.train, n_users=40, rounds=3, use_prior=False, protected_users=50)
+    assert plan.delta == 1 / 50 and plan.sample_rate == pytest.approx(8 / 40)
+
+
 @pytest.mark.parametrize(
     ("batch", "epochs", "n_users", "q", "steps"),
     [(8, 1.0, 40, 0.2, 5), (8, 0.5, 40, 0.2, 3), (64, 1.0, 40, 1.0, 1), (10, 2.0, 1000, 0.01, 200)],

@@ -447,3 +447,83 @@ def test_no_key_or_certificate_in_logs(deployment: Deployment) -> None:
         if any(line in text for line in lines)
     ]
     assert not leaks, f"key/certificate material in logs: {leaks}"
+
+
+def test_a_supernode_killed_mid_round_does_not_stop_the_run(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """SIGKILL a third site's SuperNode (and its ClientApp) while it trains round 1.
+
+    Runs last in this module: it adds site-c to the federation. With fed.min-clients = 2 the
+    round must complete with the two live sites (when the SuperLink reports the node gone,
+    or at fed.round-timeout at the latest), name the dead node, and the run must go on.
+    """
+    import threading
+
+    from common.backbone import make_tiny_backbone
+
+    dep = deployment
+    dep.node_ids["site-c"] = dep.register("site-c")
+    ledger = dep.root / "site-c" / "ledger.json"
+    port, *_ = _free_ports(1)
+    victim = dep.supernode("site-c", port, LEDGER_PATH=str(ledger))
+    _wait(lambda: dep.nodes().get(dep.node_ids["site-c"]) == "online", BOOT_TIMEOUT,
+          "site-c online", victim)  # fmt: skip
+    backbone = make_tiny_backbone(tmp_path / "tinybert")
+    out = tmp_path / "out"
+    run_config = tmp_path / "run.toml"
+    run_config.write_text(
+        "\n".join(
+            [
+                '"data.dataset" = "synthetic"',
+                '"data.synthetic-users" = 60',
+                '"data.synthetic-items" = 80',
+                f'"model.backbone" = "{backbone}"',
+                f'"model.cache-dir" = "{tmp_path / "cache"}"',
+                '"train.epochs" = 30.0',  # seconds of training: room to kill mid-round
+                '"fed.rounds" = 2',
+                '"fed.min-clients" = 2',
+                '"fed.round-timeout" = 90.0',
+                f'"fed.out-dir" = "{out}"',
+                f'"dp.ledger-dir" = "{tmp_path / "ledgers"}"',
+            ]
+        )
+        + "\n"
+    )
+    box: dict[str, Any] = {}
+    runner = threading.Thread(
+        target=lambda: box.update(
+            res=dep.cli("run", ".", CONNECTION, "--stream", "--run-config", str(run_config),
+                        timeout=RUN_TIMEOUT)  # fmt: skip
+        )
+    )
+    runner.start()
+
+    def training_round_1() -> bool:
+        # The site records its spend before it trains ("spend first"): a round-1 entry means
+        # site-c is training round 1 right now.
+        try:
+            rounds = json.loads(ledger.read_text())["rounds"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return any(r["round"] == 1 and r["kind"] == "train" for r in rounds)
+
+    _wait(training_round_1, RUN_TIMEOUT, "site-c training round 1", victim)
+    os.killpg(victim.popen.pid, signal.SIGKILL)  # the SuperNode and its ClientApp
+    victim.popen.wait(timeout=10)
+    runner.join(RUN_TIMEOUT + 30)
+    assert not runner.is_alive(), "flwr run did not return"
+    res = box["res"]
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    runs = dep.cli_json("ls", CONNECTION)["runs"]
+    assert max(runs, key=lambda r: str(r.get("pending-at", "")))["status"] == "finished:completed"
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "completed"
+    dead = dep.node_ids["site-c"]
+    row1 = next(h for h in results["history"] if h["round"] == 1)
+    assert row1["n_aggregated"] == 2
+    dropped = {c["node"]: c["dropped"] for c in row1["clients"] if "dropped" in c}
+    assert set(dropped) == {dead}, row1["clients"]
+    row2 = next(h for h in results["history"] if h["round"] == 2)
+    assert row2["n_aggregated"] == 2 and dead not in {c["node"] for c in row2["clients"]}
