@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 from common.config import ConfigError, parse_config, parse_overrides
 from common.task import load_corpus
+from simulations.procs import free_ports, port_busy, process_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = Path(__file__).resolve().parent / "presets"
@@ -57,30 +57,14 @@ def _pids_using(flwr_home: Path, ports: tuple[str, ...] = ()) -> list[int]:
     runs the ServerApp names our private port.
     """
     pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+    for pid, (_, cmd) in process_table().items():
+        if pid == os.getpid():
             continue
         ours = str(flwr_home) in cmd and ("superlink" in cmd or "superexec" in cmd)
         ours = ours or ("flwr-simulation" in cmd and any(f":{p} " in cmd + " " for p in ports))
         if ours:
-            pids.append(int(proc.name))
+            pids.append(pid)
     return pids
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_busy(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def stop_superlink(flwr_home: Path, ports: tuple[str, ...] = ()) -> list[int]:
@@ -131,8 +115,8 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     flwr_home = out / ".flwr-home"
     stop_superlink(flwr_home)  # a leftover of an interrupted run in this folder
-    ports = {k: os.environ.get(k) or str(free_port()) for k in PORT_ENV}
-    if any(_port_busy(int(p)) for p in ports.values()):
+    ports = {k: os.environ.get(k) or str(free_ports(1)[0]) for k in PORT_ENV}
+    if any(port_busy(int(p)) for p in ports.values()):
         raise RuntimeError(
             f"local SuperLink ports {ports} are taken by another process; a foreign SuperLink "
             "would take over this run. Unset those variables or stop that process."

@@ -16,6 +16,7 @@ from typing import Any
 
 from common.config import ConfigError, parse_config
 from simulations import federated
+from simulations.procs import process_table
 
 
 def scale_overrides(table: dict[str, Any], n_clients: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -67,13 +68,7 @@ class TreeMonitor:
 
     def sample(self) -> None:
         """Take one reading of the process tree."""
-        ppid: dict[int, int] = {}
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    ppid[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
+        ppid = {pid: parent for pid, (parent, _) in process_table().items()}
         me = os.getpid()
         rss = pss = n = 0
         for pid in ppid:

@@ -27,6 +27,8 @@ from typing import IO, Any
 
 import pytest
 
+from simulations.procs import alive, free_ports
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,50 +37,6 @@ CONNECTION = "deploy-test"
 BOOT_TIMEOUT = 60.0
 RUN_TIMEOUT = 300.0
 REFUSAL_TIMEOUT = 45.0
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _children(pid: int) -> set[int]:
-    """All live descendants of `pid` (read from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Field 4 (after the parenthesised command name) is the parent pid.
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        kids = {p for p, pp in parents.items() if pp in frontier} - found
-        found |= kids
-        frontier = kids
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped) counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @dataclass
@@ -126,7 +84,7 @@ class Deployment:
         """SIGTERM every started process (and, failing that, SIGKILL), then its descendants."""
         descendants: set[int] = set()
         for proc in self.procs:
-            descendants |= _children(proc.popen.pid)
+            descendants |= descendants(proc.popen.pid)
         for proc in reversed(self.procs):
             if proc.popen.poll() is None:
                 proc.popen.send_signal(signal.SIGTERM)
@@ -140,10 +98,10 @@ class Deployment:
         # Flower's SuperExec/ServerApp/ClientApp children watch their parent and exit with it;
         # give them a moment, then kill any that did not (by pid: only our own descendants).
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(p) for p in descendants):
+        while time.monotonic() < deadline and any(alive(p) for p in descendants):
             time.sleep(0.2)
         for pid in descendants:
-            if _alive(pid):
+            if alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
@@ -248,7 +206,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         check=True,
         capture_output=True,
     )
-    link_port, *_ = _free_ports(1)
+    link_port, *_ = free_ports(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
     env.update(
         {
@@ -286,7 +244,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         )
         for site in ("site-a", "site-b"):
             dep.node_ids[site] = dep.register(site)
-        pa, pb = _free_ports(2)
+        pa, pb = free_ports(2)
         # site-a pins its ledger in its node config (the advised set-up); site-b leaves it to
         # the run config's dp.ledger-dir.
         sites = [
@@ -307,7 +265,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 def test_unregistered_key_is_refused(deployment: Deployment) -> None:
-    port, *_ = _free_ports(1)
+    port, *_ = free_ports(1)
     before = deployment.nodes()
     proc = deployment.supernode("intruder", port, LEDGER_PATH="", MAX_RETRIES="2")
     proc.popen.wait(timeout=REFUSAL_TIMEOUT)
@@ -322,7 +280,7 @@ def test_unregistered_key_is_refused(deployment: Deployment) -> None:
 
 
 def _plaintext_supernode(deployment: Deployment, name: str, *extra: str) -> Proc:
-    port, *_ = _free_ports(1)
+    port, *_ = free_ports(1)
     cmd = [
         str(Path(sys.executable).parent / "flower-supernode"),
         "--insecure",
@@ -465,7 +423,7 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(
     dep = deployment
     dep.node_ids["site-c"] = dep.register("site-c")
     ledger = dep.root / "site-c" / "ledger.json"
-    port, *_ = _free_ports(1)
+    port, *_ = free_ports(1)
     victim = dep.supernode("site-c", port, LEDGER_PATH=str(ledger))
     _wait(lambda: dep.nodes().get(dep.node_ids["site-c"]) == "online", BOOT_TIMEOUT,
           "site-c online", victim)  # fmt: skip
@@ -512,7 +470,7 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(
     os.killpg(victim.popen.pid, signal.SIGKILL)  # the SuperNode and its ClientApp
     victim.popen.wait(timeout=10)
     runner.join(RUN_TIMEOUT + 30)
-    assert not runner.is_alive(), "flwr run did not return"
+    assert not runner.isalive(), "flwr run did not return"
     res = box["res"]
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     runs = dep.cli_json("ls", CONNECTION)["runs"]
