@@ -407,7 +407,7 @@ def evaluate_round(
     if per_user:
         pu = ev.per_user()
         out["per-user-user"] = [float(u) for u in pu["user"]]
-        for k in ("hr@10", "ndcg@10"):
+        for k in ("hr@10", "ndcg@10", "rank"):
             out[f"per-user-{k}"] = [float(x) for x in pu[k]]
         # Per-item top-10 counts: the server sums them for the federation's true coverage,
         # exposure Gini and Lorenz curve (a mean of per-site coverages would be wrong).

@@ -236,34 +236,41 @@ def exposure_gini(topk: np.ndarray, n_items: int) -> float:
     return gini(_exposure(topk, n_items))
 
 
-def lorenz_curve(counts: np.ndarray, points: int = 51) -> list[float]:
-    """Exposure Lorenz curve: share of all slots held by the least-exposed ``x`` of the items.
+def exposure_profile(counts: np.ndarray) -> list[int]:
+    """The non-zero per-item exposure counts, largest first: every curve and share follows.
 
-    Sampled at ``x = 0, 1/(points-1), ..., 1`` (linear interpolation between items); the
-    diagonal means equal exposure, a curve hugging the x axis means a few items take every
-    slot. With no exposure at all (empty or all-zero counts) every point is 0.0.
+    Lossless for concentration curves (items never shown are ``n_items - len(profile)``) and
+    compact (at most the number of recommendation slots, usually a few hundred values).
     """
-    x = np.sort(np.asarray(counts, dtype=np.float64).ravel())
-    if np.isnan(x).any() or (x < 0).any():
-        raise ValueError("`counts` must be non-negative and not NaN.")
-    if points < 2:
-        raise ValueError(f"`points` must be >= 2, got {points}.")
-    total = x.sum()
-    grid = np.linspace(0.0, 1.0, points)
-    if x.size == 0 or total == 0:
-        return [0.0] * points
-    cum = np.concatenate([[0.0], np.cumsum(x) / total])
-    share = np.interp(grid * x.size, np.arange(x.size + 1), cum)
-    return [float(v) for v in share]
+    c = np.asarray(counts, dtype=np.float64).ravel()
+    if np.isnan(c).any() or (c < 0).any() or (c != np.round(c)).any():
+        raise ValueError("`counts` must be non-negative integers.")
+    return [int(x) for x in np.sort(c[c > 0])[::-1]]
+
+
+def top_share(profile: Sequence[int], n_items: int, fractions: Sequence[float]) -> list[float]:
+    """Share of all slots held by the most-exposed ``f * n_items`` items, for each ``f``.
+
+    Linear interpolation between whole items; 0.0 everywhere if nothing was shown.
+    """
+    p = np.asarray(profile, dtype=np.float64)
+    if n_items < max(len(p), 1):
+        raise ValueError(f"profile has {len(p)} items but the catalogue only {n_items}")
+    total = p.sum()
+    if total == 0:
+        return [0.0] * len(fractions)
+    full = np.concatenate([[0.0], np.cumsum(p) / total, np.ones(n_items - len(p))])
+    return [float(np.interp(f * n_items, np.arange(n_items + 1), full)) for f in fractions]
 
 
 def exposure_summary(counts: np.ndarray, k: int) -> dict[str, Any]:
-    """``coverage@K``, ``exposure_gini@K`` and ``exposure_lorenz@K`` of per-item counts."""
+    """``coverage@K``, ``exposure_gini@K``, ``exposure_profile@K`` and ``n_items`` of counts."""
     counts = np.asarray(counts, dtype=np.float64)
     return {
+        "n_items": int(counts.size),
         f"coverage@{k}": float((counts > 0).sum() / counts.size) if counts.size else 0.0,
         f"exposure_gini@{k}": gini(counts),
-        f"exposure_lorenz@{k}": lorenz_curve(counts),
+        f"exposure_profile@{k}": exposure_profile(counts),
     }
 
 
@@ -390,9 +397,12 @@ class RankingEvaluator:
             raise ValueError(f"no exposure kept for k={k}; cut-offs are {self.ks}.")
         return self._exposure[k].copy()
 
-    def curves(self) -> dict[str, list[float]]:
-        """``exposure_lorenz@K`` for every cut-off (see :func:`lorenz_curve`)."""
-        return {f"exposure_lorenz@{k}": lorenz_curve(c) for k, c in self._exposure.items()}
+    def curves(self) -> dict[str, Any]:
+        """``exposure_profile@K`` for every cut-off (see :func:`exposure_profile`), ``n_items``."""
+        out: dict[str, Any] = {"n_items": self.n_items}
+        for k, counts in self._exposure.items():
+            out[f"exposure_profile@{k}"] = exposure_profile(counts)
+        return out
 
     def per_user(self) -> dict[str, np.ndarray]:
         """``user``, ``rank`` and per-user ``hr@K``, ``ndcg@K``, ``mrr``, in the order added."""

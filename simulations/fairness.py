@@ -54,13 +54,14 @@ def group_table(values: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, 
 
 
 def per_user_lists(results: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    """Per-user {user, hr@10, ndcg@10} of the final evaluation (federated or central)."""
+    """Per-user {user, hr@10, ndcg@10, rank if kept} of the final evaluation."""
     pu = results.get("per_user") or ((results.get("history") or [{}])[-1].get("eval") or {}).get(
         "per_user"
     )
     if not pu or "user" not in pu or not len(pu["user"]):
         return None
-    return {k: np.asarray(pu[k], dtype=np.float64) for k in ("user", "hr@10", "ndcg@10")}
+    keys = ("user", "hr@10", "ndcg@10", "rank")
+    return {k: np.asarray(pu[k], dtype=np.float64) for k in keys if k in pu}
 
 
 def fairness(results: dict[str, Any], corpus: Any) -> dict[str, Any]:
@@ -93,8 +94,21 @@ def fairness(results: dict[str, Any], corpus: Any) -> dict[str, Any]:
     return out
 
 
+def _rank_stats(rank: np.ndarray, n_items: int) -> dict[str, float]:
+    """HR@100 and mean rank percentile (1 = top of the catalogue, about 0.5 = random)."""
+    return {
+        "hr@100": float((rank < 100).mean()),
+        "rank_percentile": float((1.0 - rank / max(n_items - 1, 1)).mean()),
+    }
+
+
 def cold_start(results: dict[str, Any], corpus: Any, *, seed: int) -> dict[str, Any] | None:
-    """Model vs most-popular on users whose test item is cold (never in training) vs the rest."""
+    """Model vs most-popular on users whose test item is cold (never in training) vs the rest.
+
+    Besides HR@10 / NDCG@10: HR@100 and the mean rank percentile of the test item, which show
+    what the text tower does for cold items even when a popularity-weighted top 10 never
+    reaches them (most-popular ranks every cold item among the never-seen ones).
+    """
     from common.baselines import create_baseline
     from common.evaluate import evaluate_scores
     from simulations.centralized import evaluator_for
@@ -103,6 +117,7 @@ def cold_start(results: dict[str, Any], corpus: Any, *, seed: int) -> dict[str, 
     pu = per_user_lists(results)
     if not len(split.cold_items) or pu is None:
         return None
+    n_items = corpus.data.n_items
     users = pu["user"].astype(np.int64)
     cold = np.isin(split.test[users], split.cold_items)
     out: dict[str, Any] = {
@@ -113,14 +128,20 @@ def cold_start(results: dict[str, Any], corpus: Any, *, seed: int) -> dict[str, 
         out[name] = {
             k: float(pu[k][sel].mean()) if sel.any() else None for k in ("hr@10", "ndcg@10")
         }
+        if "rank" in pu and sel.any():
+            out[name].update(_rank_stats(pu["rank"][sel], n_items))
     if cold.any():
-        pop = create_baseline("most-popular", list(split.train), corpus.data.n_items)
+        pop = create_baseline("most-popular", list(split.train), n_items)
         ev = evaluate_scores(
             lambda _r, known: np.asarray(pop.scores_for(known)),
             corpus.local(users[cold]),
-            corpus.data.n_items,
+            n_items,
             which="test",
             evaluator=evaluator_for(corpus, seed),
-        ).result()
-        out["most-popular_cold"] = {k: ev[k] for k in ("hr@10", "ndcg@10")}
+        )
+        res = ev.result()
+        out["most-popular_cold"] = {
+            **{k: res[k] for k in ("hr@10", "ndcg@10")},
+            **_rank_stats(ev.per_user()["rank"], n_items),
+        }
     return out

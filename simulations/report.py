@@ -21,11 +21,12 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.metrics import top_share  # noqa: E402
 from simulations.sweep import read_rows  # noqa: E402
 
 METRICS = ("hr@10", "ndcg@10")
 ITEM_METRICS = ("coverage@10", "long_tail_share@10", "exposure_gini@10")
-LORENZ = "exposure_lorenz@10"
+PROFILE = "exposure_profile@10"
 TOLERANCE = 1e-6  # relative slack for "epsilon <= target" (accountant rounding)
 VIOLATION = "**!!! VIOLATED: epsilon > target !!!**"
 
@@ -253,24 +254,27 @@ def section_items(pts: list[dict], central: list[dict], plots: Path) -> list[str
         )
         ax.set_xlabel(key)
     out = [_save(fig, plots / "item_exposure.png"), ""]
-    curves = [(n, m[LORENZ]) for n, m in named if isinstance(m.get(LORENZ), list)]
+    curves = [(n, m) for n, m in named if isinstance(m.get(PROFILE), list) and m.get("n_items")]
     if not curves:
-        return [*out, "_No exposure curves: rows predate per-item exposure counts._"]
+        return [*out, "_No exposure curves: rows predate per-item exposure profiles._"]
+    fracs = [10 ** (e / 8) for e in range(-32, 1)]  # 1e-4 .. 1, log-spaced
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    for n, c in curves:
-        ax.plot([i / (len(c) - 1) for i in range(len(c))], c, label=n)
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", label="equal exposure")
-    ax.set_xlabel("share of catalogue items (least exposed first)")
-    ax.set_ylabel("share of top-10 slots")
+    for n, m in curves:
+        ax.plot(fracs, top_share(m[PROFILE], int(m["n_items"]), fracs), label=n)
+    ax.plot(fracs, fracs, color="grey", ls=":", label="equal exposure")
+    ax.set_xscale("log")
+    ax.set_xlabel("most-exposed share of the catalogue")
+    ax.set_ylabel("share of all top-10 slots")
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
     return [
         *out,
         _save(fig, plots / "exposure_curves.png"),
         "",
-        "Exposure (Lorenz) curves of the top-10 lists over the whole catalogue: the further a "
-        "curve sags below the diagonal, the more the slots concentrate on few items. Federated "
-        "curves sum every site's per-item counts (the union of all users' lists).",
+        "Exposure concentration of the top-10 lists: the share of all recommendation slots held "
+        "by the most-exposed x of the catalogue (log x). Equal exposure is the dotted diagonal; "
+        "a curve reaching 1 at x = 1% means 1% of the items take every slot. Federated curves "
+        "use every site's per-item counts summed on the server (the union of all users' lists).",
     ]
 
 
@@ -280,19 +284,28 @@ def section_cold(rows: list[dict]) -> list[str]:
     if not have:
         return ["_No data: no point with data.cold-start-share > 0 and per-user metrics._"]
     out = [
-        "| point | cold items | cold users | HR@10 cold | HR@10 warm | NDCG@10 cold "
-        "| NDCG@10 warm | most-popular HR@10 cold |",
+        "| point | cold items | cold users | HR@10 cold | HR@10 warm | HR@100 cold "
+        "| rank percentile cold | most-popular HR@10 / HR@100 / percentile cold |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in have:
         c = r["cold_start"]
-        pop = (c.get("most-popular_cold") or {}).get("hr@10")
+        pop = c.get("most-popular_cold") or {}
+        cold = c.get("cold") or {}
         out.append(
             f"| {label(r)} | {c['n_cold_items']} | {c['n_cold_users']} "
-            f"| {fmt(c['cold']['hr@10'])} | {fmt(c['warm']['hr@10'])} "
-            f"| {fmt(c['cold']['ndcg@10'])} | {fmt(c['warm']['ndcg@10'])} | {fmt(pop)} |"
+            f"| {fmt(cold.get('hr@10'))} | {fmt((c.get('warm') or {}).get('hr@10'))} "
+            f"| {fmt(cold.get('hr@100'))} | {fmt(cold.get('rank_percentile'))} "
+            f"| {fmt(pop.get('hr@10'))} / {fmt(pop.get('hr@100'))} "
+            f"/ {fmt(pop.get('rank_percentile'))} |"
         )
-    return out
+    return [
+        *out,
+        "",
+        "Cold items were never in any training list, so most-popular (and any ID-based CF) can "
+        "only rank them among the never-seen items; the text tower scores them from their "
+        "titles and genres. Rank percentile: 1 = top of the catalogue, about 0.5 = random.",
+    ]
 
 
 def section_scale(scale: list[dict], plots: Path) -> list[str]:

@@ -64,7 +64,7 @@ def test_exposure_counts_are_summed_into_federation_wide_item_metrics() -> None:
     out = aggregate_eval([a, b])
     assert out["coverage@10"] == pytest.approx(0.75)
     assert out["exposure_gini@10"] == pytest.approx(2 * 23 / 28 - 5 / 4)  # gini([3, 1, 3, 0])
-    assert out["exposure_lorenz@10"][-1] == pytest.approx(1.0)
+    assert out["exposure_profile@10"] == [3, 3, 1]
     assert "per_user" not in out  # the counts are not per-user lists
     bad = _eval_reply(3, 1, 0.0, **{R.EXPOSURE_COUNTS: [1.0]})
     with pytest.raises(ValueError, match="different lengths"):

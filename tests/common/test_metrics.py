@@ -14,16 +14,17 @@ from common.metrics import (
     coverage_at_k,
     distribution_summary,
     exposure_gini,
+    exposure_profile,
     exposure_summary,
     gini,
     long_tail_items,
     long_tail_share,
-    lorenz_curve,
     per_user_metrics,
     ranking_metrics,
     sampled_ranks,
     target_ranks,
     top_k,
+    top_share,
 )
 
 NONE: list[np.ndarray] = [np.zeros(0, np.int64)]
@@ -197,21 +198,28 @@ def test_gini_standard_formula() -> None:
         gini(np.array([-1.0, 2.0]))
 
 
-def test_lorenz_curve_by_hand() -> None:
-    # counts sorted: 0, 1, 3 (total 4); cumulative shares at 0, 1/3, 2/3, 1 items: 0, 0, 1/4, 1
-    c = lorenz_curve(np.array([3, 0, 1]), points=4)
-    assert c == pytest.approx([0.0, 0.0, 0.25, 1.0])
-    assert lorenz_curve(np.ones(5), points=3) == pytest.approx([0.0, 0.5, 1.0])  # the diagonal
-    assert lorenz_curve(np.zeros(4), points=3) == [0.0, 0.0, 0.0]
-    with pytest.raises(ValueError, match="non-negative"):
-        lorenz_curve(np.array([-1.0]))
+def test_exposure_profile_and_top_share_by_hand() -> None:
+    # counts 3, 0, 1 over 3 items: profile [3, 1]; the top third of the catalogue (1 item)
+    # holds 3/4 of the slots, the top two thirds all of them, the top sixth half an item's.
+    profile = exposure_profile(np.array([3, 0, 1]))
+    assert profile == [3, 1]
+    assert top_share(profile, 3, [0.0, 1 / 6, 1 / 3, 2 / 3, 1.0]) == pytest.approx(
+        [0.0, 0.375, 0.75, 1.0, 1.0]
+    )
+    assert top_share([], 5, [0.5, 1.0]) == [0.0, 0.0]
+    with pytest.raises(ValueError, match="integers"):
+        exposure_profile(np.array([0.5]))
+    with pytest.raises(ValueError, match="catalogue"):
+        top_share([1, 1, 1], 2, [0.5])
 
 
-def test_lorenz_area_matches_gini() -> None:
-    # G = 1 - 2 * (area under the Lorenz curve); exact for the piecewise-linear curve at items.
+def test_profile_reproduces_gini_through_the_lorenz_curve() -> None:
+    # G = 1 - 2 * area under the Lorenz curve; the Lorenz curve at item boundaries is
+    # 1 - top_share(1 - x): a slow route from the profile alone back to the direct Gini.
     x = np.random.default_rng(3).integers(0, 20, 40).astype(float)
-    curve = np.array(lorenz_curve(x, points=41))  # one point per item boundary
-    area = float(((curve[1:] + curve[:-1]) / 2).sum() / 40)
+    prof = exposure_profile(x)
+    lorenz = [1 - s for s in top_share(prof, 40, [1 - i / 40 for i in range(41)])]
+    area = sum((lorenz[i] + lorenz[i + 1]) / 2 for i in range(40)) / 40
     assert 1 - 2 * area == pytest.approx(gini(x))
 
 
@@ -224,7 +232,7 @@ def test_exposure_summary_and_evaluator_counts_agree() -> None:
     summary = exposure_summary(counts, 2)
     assert summary["coverage@2"] == pytest.approx(4 / 6)
     assert summary["exposure_gini@2"] == pytest.approx(ev.result()["exposure_gini@2"])
-    assert ev.curves()["exposure_lorenz@2"] == summary["exposure_lorenz@2"]
+    assert ev.curves()["exposure_profile@2"] == summary["exposure_profile@2"] == [1, 1, 1, 1]
     with pytest.raises(ValueError, match="k=10"):
         ev.exposure(10)
 

@@ -23,7 +23,8 @@ def fake_results(over: dict[str, Any], *, hr: float = 0.2) -> dict[str, Any]:
     n = load_corpus(cfg.data).data.n_users
     users = list(range(n))
     per_user = {"user": [float(u) for u in users], "hr@10": [float(u % 3 == 0) for u in users],
-                "ndcg@10": [0.5 * (u % 3 == 0) for u in users]}  # fmt: skip
+                "ndcg@10": [0.5 * (u % 3 == 0) for u in users],
+                "rank": [float(0 if u % 3 == 0 else 20 + u % 50) for u in users]}  # fmt: skip
     ev = {"hr@10": hr, "ndcg@10": hr / 2, "per_client": {"hr@10": [0.1, 0.3], "ndcg@10":
           [0.05, 0.15], "n_users": [30, 30]}, "per_user": per_user}  # fmt: skip
     dp = cfg.dp.mode != "none"
@@ -163,6 +164,8 @@ def test_cold_start_counts_cold_users_and_most_popular_scores_zero(
     cold = np.isin(corpus.split.test, corpus.split.cold_items)
     assert cs["n_cold_users"] == int(cold.sum()) > 0
     assert cs["most-popular_cold"]["hr@10"] == 0.0  # cold items were never trained on
+    for who in (cs["cold"], cs["most-popular_cold"]):  # rank-based figures need per-user ranks
+        assert 0.0 <= who["hr@100"] <= 1.0 and 0.0 <= who["rank_percentile"] <= 1.0
 
 
 def _row(i: str, kind: str = "point", **kw: Any) -> dict[str, Any]:
@@ -172,7 +175,7 @@ def _row(i: str, kind: str = "point", **kw: Any) -> dict[str, Any]:
         "settings": ["local-4-sites"] if kind == "point" else [kind], "status": "completed",
         "overrides": {"dp.epsilon": kw.get("target", "inf")},
         "epsilon_target": kw.get("target", "inf"),
-        "metrics": {**base["metrics"], "exposure_lorenz@10": [0.0, 0.1, 1.0]},
+        "metrics": {**base["metrics"], "exposure_profile@10": [5, 2, 1], "n_items": 80},
         "baselines": base["baselines"],
         "privacy": {"unit": "user", "mode": kw.get("mode", "none"), "trust_model": "sites trusted",
                     "epsilon": kw.get("eps", "inf"), "target_epsilon": kw.get("target", "inf")},
@@ -241,9 +244,10 @@ def test_tiny_preset_end_to_end(tmp_path: Path, tiny_backbone: Path, cache_dir: 
     # round 0 (the DP popularity prior) + 2 training rounds
     assert len(dp["rounds"]) == 3 and dp["fairness"]["activity"]["groups"]
     assert dp["cold_start"]["n_cold_items"] == 8
-    for row in rows:  # federated curves from summed per-site counts; central from the evaluator
-        curve = row["metrics"]["exposure_lorenz@10"]
-        assert len(curve) == 51 and curve[0] == 0.0 and curve[-1] == pytest.approx(1.0)
+    for row in rows:  # federated profile from summed per-site counts; central: the evaluator
+        prof = row["metrics"]["exposure_profile@10"]
+        assert prof == sorted(prof, reverse=True) and prof[-1] >= 1
+        assert len(prof) == round(row["metrics"]["coverage@10"] * 80)  # 80 synthetic items
     assert sweep.main(argv) == 0  # re-run: nothing new
     assert len(sweep.read_rows(tmp_path / "results.jsonl")) == 3
     assert report.main([str(tmp_path)]) == 0
