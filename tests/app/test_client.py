@@ -188,8 +188,14 @@ def test_evaluate_reports_ranking_metrics_of_the_partition(
     if not per_user:
         assert not lists
         return
-    assert set(lists) == {"per-user-user", "per-user-hr@10", "per-user-ndcg@10"}
+    counts = np.array(lists.pop(R.EXPOSURE_COUNTS))
+    assert set(lists) == {"per-user-user", "per-user-hr@10", "per-user-ndcg@10", "per-user-rank"}
     assert all(len(v) == n for v in lists.values())
+    # per-item top-10 counts: one per catalogue item, at most 10 slots per user, and the
+    # site's own coverage is what they say
+    assert counts.shape == (load_corpus(cfg.data).data.n_items,) and 0 < counts.sum() <= 10 * n
+    assert np.mean(counts > 0) == pytest.approx(m["coverage@10"])
+    assert min(lists["per-user-rank"]) >= 0
     assert np.mean(lists["per-user-hr@10"]) == pytest.approx(m["hr@10"])
     assert np.mean(lists["per-user-ndcg@10"]) == pytest.approx(m["ndcg@10"])
 
