@@ -21,7 +21,7 @@ def test_tiny_benchmark_writes_every_section(tmp_path: Path) -> None:
     res = json.loads((tmp_path / "bench.json").read_text())
     assert [v["variant"] for v in res["variants"]] == list(bench.VARIANTS)
     for v in res["variants"]:
-        assert v["users_per_s"] > 0 and v["step_flops"] > 0 and 0 < v["efficiency"]
+        assert v["users_per_s"] > 0 and v["step_flops"] > 0 and v["efficiency"] > 0
         assert v["backbone_over_up"] > 1  # the upload is a fraction of the backbone
     assert all(r is not None and r > 0 for r in res["ratios"].values())
     assert res["evaluation"]["users"] > 0 and res["evaluation"]["full_catalogue_s"] > 0
