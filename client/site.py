@@ -20,7 +20,8 @@ from common.canary import make_canaries
 from common.catalogue import default_cache_dir
 from common.config import RunConfig
 from common.evaluate import evaluate_scores, model_score_fn
-from common.metrics import RankingEvaluator, long_tail_items
+from common.exposure import long_tail_items
+from common.metrics import RankingEvaluator
 from common.model import RecModel, load_trainable_state, trainable_state
 from common.privacy import Ledger, PrivacyError
 from common.records import state_digest

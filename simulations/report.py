@@ -21,7 +21,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.metrics import top_share  # noqa: E402
+from common.exposure import top_share  # noqa: E402
 from simulations.sweep import read_rows  # noqa: E402
 
 METRICS = ("hr@10", "ndcg@10")
