@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from common import audit as A
+from common import audit_bounds as B
 from common.canary import make_canaries
 from common.config import ConfigError, RunConfig, parse_config, parse_overrides
 from common.evaluate import ScoreFn, model_score_fn
@@ -128,15 +129,15 @@ def audit_canaries(
     )
     scores = scorer(list(can.histories), can.targets)
     inc = can.included
-    family = len(A.guess_grid(len(inc))) * len(scores)
+    family = len(B.guess_grid(len(inc))) * len(scores)
     out: dict[str, Any] = {"m": len(inc), "n_included": int(inc.sum()), "attacks": {}}
     for key, d in (("run_delta", delta_run), ("audit_delta", delta_audit)):
         ones = {
-            a: A.best_one_run_bound(s, inc, delta=d, confidence=confidence, family_size=family)
+            a: B.best_one_run_bound(s, inc, delta=d, confidence=confidence, family_size=family)
             for a, s in scores.items()
         }
         cps = {
-            a: A.tpr_fpr_epsilon_lower_bound(s[inc], s[~inc], d, confidence, seed=seed)
+            a: B.tpr_fpr_epsilon_lower_bound(s[inc], s[~inc], d, confidence, seed=seed)
             for a, s in scores.items()
         }
         one_a = max(ones, key=lambda a: ones[a]["epsilon_lb"])
