@@ -1,4 +1,4 @@
-"""Flower ClientApp: wires Messages to `client.site` (train with user-level DP, evaluate)."""
+"""Flower ClientApp: wires Messages to `client.site` (DP training) and `client.evaluation`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site import evaluate_round, get_site, initial_state, train_round
+from client.evaluation import evaluate_round
+from client.site import get_site, initial_state, train_round
 from common import records as R
 
 app = ClientApp()

@@ -13,7 +13,7 @@ from flwr.app import Message
 from common import records as R
 from common.central_dp import RELATION, SAMPLING
 from common.config import RunConfig
-from common.metrics import exposure_summary
+from common.exposure import exposure_summary
 from simulations.io import write_json_atomic
 
 

@@ -28,7 +28,8 @@ from common.baselines import create_baseline
 from common.config import ConfigError, RunConfig, parse_config, parse_overrides
 from common.data import DataError
 from common.evaluate import evaluate_scores, model_score_fn
-from common.metrics import RankingEvaluator, long_tail_items
+from common.exposure import long_tail_items
+from common.metrics import RankingEvaluator
 from common.model import save_adapter
 from common.privacy import PrivacyError, epsilon_of
 from common.task import Corpus, local_histogram, set_prior, setup

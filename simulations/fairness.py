@@ -66,7 +66,7 @@ def per_user_lists(results: dict[str, Any]) -> dict[str, np.ndarray] | None:
 
 def fairness(results: dict[str, Any], corpus: Any) -> dict[str, Any]:
     """Per-client distribution, user groups (activity, demographics) and item-side metrics."""
-    from common.metrics import distribution_summary
+    from common.exposure import distribution_summary
 
     out: dict[str, Any] = {}
     last = ((results.get("history") or [{}])[-1].get("eval") or {}).get("per_client")

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from common import audit as A
+from common import audit_bounds as B
 from common.privacy import Ledger, epsilon_of
 
 
@@ -33,32 +34,32 @@ def binomial_tail(r: int, v: int, q: float) -> float:
 )
 def test_p_value_without_delta_is_the_binomial_tail(m: int, r: int, v: int, eps: float) -> None:
     q = math.exp(eps) / (1 + math.exp(eps))
-    assert A.one_run_p_value(m, r, v, eps, 0.0) == pytest.approx(binomial_tail(r, v, q), rel=1e-9)
+    assert B.one_run_p_value(m, r, v, eps, 0.0) == pytest.approx(binomial_tail(r, v, q), rel=1e-9)
 
 
 def test_p_value_at_eps_zero_all_right_is_two_to_minus_r() -> None:
-    assert A.one_run_p_value(10, 10, 10, 0.0, 0.0) == pytest.approx(2.0**-10)
+    assert B.one_run_p_value(10, 10, 10, 0.0, 0.0) == pytest.approx(2.0**-10)
 
 
 def test_p_value_delta_term_by_hand() -> None:
     # m = r = v = 2, q = 1/2: f(2) = 1/4; window i=1: P[Bin=1] = 1/2, i=2: P[Bin<=1]/2 = 3/8;
     # alpha = 1/2, so p = 1/4 + 1/2 * 0.01 * 2 * 2 = 0.27.
-    assert A.one_run_p_value(2, 2, 2, 0.0, 0.01) == pytest.approx(0.27)
+    assert B.one_run_p_value(2, 2, 2, 0.0, 0.01) == pytest.approx(0.27)
     # m = 10, r = 3, v = 2, q = 1/2: f(2) = 1/2; i=1: P[Bin=1] = 3/8, i=2: (3/8 + 1/8)/2 = 1/4;
     # alpha = 3/8, p = 1/2 + 3/8 * 0.001 * 20 = 0.5075.
-    assert A.one_run_p_value(10, 3, 2, 0.0, 0.001) == pytest.approx(0.5075)
+    assert B.one_run_p_value(10, 3, 2, 0.0, 0.001) == pytest.approx(0.5075)
 
 
 def test_p_value_is_capped_and_trivial_cases() -> None:
-    assert A.one_run_p_value(1000, 10, 5, 0.0, 0.5) == 1.0
-    assert A.one_run_p_value(10, 5, 0, 3.0, 0.0) == 1.0
+    assert B.one_run_p_value(1000, 10, 5, 0.0, 0.5) == 1.0
+    assert B.one_run_p_value(10, 5, 0, 3.0, 0.0) == 1.0
 
 
 def test_p_value_monotone() -> None:
     eps = np.linspace(0, 5, 21)
-    p = [A.one_run_p_value(200, 80, 60, e, 1e-4) for e in eps]
+    p = [B.one_run_p_value(200, 80, 60, e, 1e-4) for e in eps]
     assert all(a <= b + 1e-15 for a, b in zip(p, p[1:], strict=False))
-    pv = [A.one_run_p_value(200, 80, v, 1.0, 1e-4) for v in range(40, 81)]
+    pv = [B.one_run_p_value(200, 80, v, 1.0, 1e-4) for v in range(40, 81)]
     assert all(a >= b - 1e-15 for a, b in zip(pv, pv[1:], strict=False))
 
 
@@ -74,7 +75,7 @@ def test_p_value_monotone() -> None:
 )
 def test_p_value_rejects_bad_input(m: int, r: int, v: int, eps: float, delta: float) -> None:
     with pytest.raises(ValueError):
-        A.one_run_p_value(m, r, v, eps, delta)
+        B.one_run_p_value(m, r, v, eps, delta)
 
 
 # ---------------------------------------------------------------- one-run lower bound
@@ -83,25 +84,25 @@ def test_p_value_rejects_bad_input(m: int, r: int, v: int, eps: float, delta: fl
 def test_lower_bound_all_right_by_hand() -> None:
     # delta = 0, r = v = 10: reject eps while q^10 <= 0.05, i.e. q <= 0.05^(1/10).
     q = 0.05 ** (1 / 10)
-    assert A.one_run_epsilon_lower_bound(10, 10, 10, 0.0) == pytest.approx(
+    assert B.one_run_epsilon_lower_bound(10, 10, 10, 0.0) == pytest.approx(
         math.log(q / (1 - q)), abs=1e-5
     )
 
 
 def test_lower_bound_is_the_rejection_edge() -> None:
-    lb = A.one_run_epsilon_lower_bound(500, 200, 170, 1e-5, 0.95)
+    lb = B.one_run_epsilon_lower_bound(500, 200, 170, 1e-5, 0.95)
     assert lb > 0
-    assert A.one_run_p_value(500, 200, 170, lb, 1e-5) <= 0.05
-    assert A.one_run_p_value(500, 200, 170, lb + 1e-3, 1e-5) > 0.05
+    assert B.one_run_p_value(500, 200, 170, lb, 1e-5) <= 0.05
+    assert B.one_run_p_value(500, 200, 170, lb + 1e-3, 1e-5) > 0.05
 
 
 def test_lower_bound_zero_at_chance_and_monotone() -> None:
-    assert A.one_run_epsilon_lower_bound(500, 200, 100, 1e-5) == 0.0
-    by_v = [A.one_run_epsilon_lower_bound(500, 200, v, 1e-5) for v in (120, 150, 180, 200)]
+    assert B.one_run_epsilon_lower_bound(500, 200, 100, 1e-5) == 0.0
+    by_v = [B.one_run_epsilon_lower_bound(500, 200, v, 1e-5) for v in (120, 150, 180, 200)]
     assert by_v == sorted(by_v) and by_v[0] > 0
-    by_delta = [A.one_run_epsilon_lower_bound(500, 100, 100, d) for d in (0, 1e-5, 1e-3)]
+    by_delta = [B.one_run_epsilon_lower_bound(500, 100, 100, d) for d in (0, 1e-5, 1e-3)]
     assert by_delta == sorted(by_delta, reverse=True)
-    by_conf = [A.one_run_epsilon_lower_bound(500, 100, 95, 1e-5, c) for c in (0.5, 0.95, 0.99)]
+    by_conf = [B.one_run_epsilon_lower_bound(500, 100, 95, 1e-5, c) for c in (0.5, 0.95, 0.99)]
     assert by_conf == sorted(by_conf, reverse=True)
 
 
@@ -110,15 +111,15 @@ def test_lower_bound_zero_at_chance_and_monotone() -> None:
 
 def test_guesses_from_scores() -> None:
     s = np.array([0.5, 3.0, -1.0, 2.0, 0.0])
-    assert A.guesses_from_scores(s, 2, 1).tolist() == [0, 1, -1, 1, 0]
-    assert A.guesses_from_scores(s, 0, 0).tolist() == [0] * 5
-    assert A.guesses_from_scores(s, 0, 5).tolist() == [-1] * 5
+    assert B.guesses_from_scores(s, 2, 1).tolist() == [0, 1, -1, 1, 0]
+    assert B.guesses_from_scores(s, 0, 0).tolist() == [0] * 5
+    assert B.guesses_from_scores(s, 0, 5).tolist() == [-1] * 5
     with pytest.raises(ValueError):
-        A.guesses_from_scores(s, 3, 3)
+        B.guesses_from_scores(s, 3, 3)
 
 
 def test_guess_grid() -> None:
-    grid = A.guess_grid(100)
+    grid = B.guess_grid(100)
     assert (0, 0) not in grid and (5, 5) in grid and (50, 50) in grid
     assert all(0 < a + b <= 100 for a, b in grid)
 
@@ -126,13 +127,13 @@ def test_guess_grid() -> None:
 def test_best_bound_separated_vs_random() -> None:
     rng = np.random.default_rng(0)
     inc = rng.random(1000) < 0.5
-    best = A.best_one_run_bound(inc + 0.0, inc, delta=1e-5)
+    best = B.best_one_run_bound(inc + 0.0, inc, delta=1e-5)
     assert best["epsilon_lb"] > 2 and best["v"] == best["r"]
     n = len(best["grid"])
     assert best["per_test_confidence"] == pytest.approx(1 - 0.05 / n)
-    wider = A.best_one_run_bound(inc + 0.0, inc, delta=1e-5, family_size=2 * n)
+    wider = B.best_one_run_bound(inc + 0.0, inc, delta=1e-5, family_size=2 * n)
     assert wider["epsilon_lb"] < best["epsilon_lb"]
-    noise = A.best_one_run_bound(rng.normal(size=1000), inc, delta=1e-5)
+    noise = B.best_one_run_bound(rng.normal(size=1000), inc, delta=1e-5)
     assert noise["epsilon_lb"] < 0.3
 
 
@@ -143,7 +144,7 @@ def test_best_bound_separated_vs_random() -> None:
     ("k", "n", "alpha"), [(0, 10, 0.05), (3, 10, 0.05), (10, 10, 0.1), (57, 200, 0.01)]
 )
 def test_clopper_pearson_against_beta_quantiles(k: int, n: int, alpha: float) -> None:
-    lo, hi = A.clopper_pearson(k, n, alpha)
+    lo, hi = B.clopper_pearson(k, n, alpha)
     assert lo == (0.0 if k == 0 else pytest.approx(stats.beta.ppf(alpha / 2, k, n - k + 1)))
     assert hi == (1.0 if k == n else pytest.approx(stats.beta.ppf(1 - alpha / 2, k + 1, n - k)))
     assert lo <= k / n <= hi
@@ -151,26 +152,26 @@ def test_clopper_pearson_against_beta_quantiles(k: int, n: int, alpha: float) ->
 
 def test_clopper_pearson_textbook_edges() -> None:
     # k = 0: upper = 1 - (alpha/2)^(1/n); k = n: lower = (alpha/2)^(1/n).
-    assert A.clopper_pearson(0, 10, 0.05)[1] == pytest.approx(1 - 0.025**0.1)
-    assert A.clopper_pearson(10, 10, 0.05)[0] == pytest.approx(0.025**0.1)
+    assert B.clopper_pearson(0, 10, 0.05)[1] == pytest.approx(1 - 0.025**0.1)
+    assert B.clopper_pearson(10, 10, 0.05)[0] == pytest.approx(0.025**0.1)
 
 
 def test_epsilon_from_rates() -> None:
-    assert A.epsilon_from_rates(0.5, 0.05, 0.0) == pytest.approx(math.log(10))
-    assert A.epsilon_from_rates(0.99, 0.5, 0.0) == pytest.approx(math.log(0.5 / 0.01))
-    assert A.epsilon_from_rates(0.3, 0.3, 0.0) == 0.0
-    assert A.epsilon_from_rates(0.5, 0.05, 0.1) == pytest.approx(math.log(0.4 / 0.05))
+    assert B.epsilon_from_rates(0.5, 0.05, 0.0) == pytest.approx(math.log(10))
+    assert B.epsilon_from_rates(0.99, 0.5, 0.0) == pytest.approx(math.log(0.5 / 0.01))
+    assert B.epsilon_from_rates(0.3, 0.3, 0.0) == 0.0
+    assert B.epsilon_from_rates(0.5, 0.05, 0.1) == pytest.approx(math.log(0.4 / 0.05))
 
 
 def test_tpr_fpr_bound() -> None:
     rng = np.random.default_rng(1)
-    sep = A.tpr_fpr_epsilon_lower_bound(np.ones(400), np.zeros(400), 1e-5)
+    sep = B.tpr_fpr_epsilon_lower_bound(np.ones(400), np.zeros(400), 1e-5)
     # 200 held-out per group, all separated: TPR_lo = 0.025^(1/200), FPR_hi = 1 - that.
     edge = 0.025 ** (1 / 200)
     assert sep["epsilon_lb"] == pytest.approx(math.log((edge - 1e-5) / (1 - edge)), rel=1e-6)
     assert sep["threshold"] == 1.0 and sep["tpr"] == 1.0 and sep["fpr"] == 0.0
     assert sep["n_in"] == 200 and sep["n_out"] == 200
-    same = A.tpr_fpr_epsilon_lower_bound(rng.normal(size=400), rng.normal(size=400), 1e-5)
+    same = B.tpr_fpr_epsilon_lower_bound(rng.normal(size=400), rng.normal(size=400), 1e-5)
     assert same["epsilon_lb"] < 0.5
 
 

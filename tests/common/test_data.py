@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import data as data_module
-from common.data import DATASETS, DataError, item_text, load_dataset, resolve_data_dir
+from common import download
+from common.data import DATASETS, DataError, item_text, load_dataset
+from common.download import resolve_data_dir
 from common.synthetic import TOPIC_WORDS, generate
 
 REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-latest-small"
@@ -232,13 +233,11 @@ def test_download_verifies_and_installs(
 ) -> None:
     files = FIXTURES["ml-latest-small"] | {"links.csv": b"movieId,imdbId,tmdbId\n1,1,1\n"}
     sums = {fname: hashlib.sha256(content).hexdigest() for fname, content in files.items()}
-    monkeypatch.setattr(data_module, "ML_LATEST_SMALL_SHA256", sums)
+    monkeypatch.setattr(download, "ML_LATEST_SMALL_SHA256", sums)
     calls: list[str] = []
-    monkeypatch.setattr(
-        data_module, "_fetch", fake_fetch(make_zip(tmp_path / "a.zip", files), calls)
-    )
+    monkeypatch.setattr(download, "_fetch", fake_fetch(make_zip(tmp_path / "a.zip", files), calls))
     data = load_dataset("ml-latest-small")
-    assert data.n_users == 2 and calls == [data_module.ML_LATEST_SMALL_URL]
+    assert data.n_users == 2 and calls == [download.ML_LATEST_SMALL_URL]
     assert sorted(p.name for p in cache.iterdir()) == ["ml-latest-small"]
     assert sorted(p.name for p in (cache / "ml-latest-small").iterdir()) == sorted(files)
     load_dataset("ml-latest-small")
@@ -249,7 +248,7 @@ def test_download_checksum_mismatch_leaves_nothing(
     tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     files = FIXTURES["ml-latest-small"] | {"links.csv": b"movieId,imdbId,tmdbId\n"}
-    monkeypatch.setattr(data_module, "_fetch", fake_fetch(make_zip(tmp_path / "a.zip", files), []))
+    monkeypatch.setattr(download, "_fetch", fake_fetch(make_zip(tmp_path / "a.zip", files), []))
     with pytest.raises(DataError, match="links.csv: SHA-256"):
         load_dataset("ml-latest-small")
     assert list(cache.iterdir()) == []
@@ -259,7 +258,7 @@ def test_download_network_error(cache: Path, monkeypatch: pytest.MonkeyPatch) ->
     def offline(url: str, dest: Path) -> None:
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data_module, "_fetch", offline)
+    monkeypatch.setattr(download, "_fetch", offline)
     with pytest.raises(DataError, match="could not download"):
         load_dataset("ml-latest-small")
     assert list(cache.iterdir()) == []

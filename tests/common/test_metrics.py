@@ -1,4 +1,4 @@
-"""Tests for common.metrics: hand-computed values, slow references and chunked accumulation."""
+"""Tests for common.metrics and common.exposure: hand-computed values, references, chunking."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.metrics import (
-    RankingEvaluator,
+from common.exposure import (
     coverage_at_k,
     distribution_summary,
     exposure_gini,
@@ -19,12 +18,15 @@ from common.metrics import (
     gini,
     long_tail_items,
     long_tail_share,
+    top_share,
+)
+from common.metrics import (
+    RankingEvaluator,
     per_user_metrics,
     ranking_metrics,
     sampled_ranks,
     target_ranks,
     top_k,
-    top_share,
 )
 
 NONE: list[np.ndarray] = [np.zeros(0, np.int64)]
