@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -296,7 +297,11 @@ def train(
                 if log_q is not None:  # sampled-softmax correction for non-uniform negatives
                     scores = scores - log_q[batch.cands.to(dev)]
                 losses = per_user_loss(scores, batch.target_mask.to(dev))
-                (losses.sum() if plan is not None else losses.mean()).backward()
+                with warnings.catch_warnings():
+                    # Opacus' full backward hooks fire on module outputs because the cached
+                    # lower-layer states need no gradient: expected, and harmless here.
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    (losses.sum() if plan is not None else losses.mean()).backward()
                 if plan is not None:
                     regroup_grad_samples(model, b)
                 total_loss += float(losses.detach().sum())
