@@ -1,0 +1,69 @@
+"""A hostile client inside a real `flwr run`: Flower's simulation engine, not the in-process grid.
+
+The app's components are fixed in `pyproject.toml`, so the test runs a copy of the app whose
+`clientapp` component is `client.hostile:app` (the real handlers plus one injected fault);
+`FEDREC_FAULT` travels through the environment to every ClientApp process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from client.hostile import FAULT_ENV
+
+from .procs import ROOT, federated_command
+
+RUN_TIMEOUT = 600
+
+
+def _hostile_copy(dest: Path) -> Path:
+    """The tracked files of this repository, with the hostile ClientApp as the component."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for name in filter(None, files):
+        src, dst = ROOT / name.decode(), dest / name.decode()
+        if src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
+    pyproject = dest / "pyproject.toml"
+    text = pyproject.read_text()
+    honest = 'clientapp = "client.client_app:app"'
+    assert honest in text
+    pyproject.write_text(text.replace(honest, 'clientapp = "client.hostile:app"'))
+    return dest
+
+
+def test_a_nan_update_is_dropped_in_a_real_flwr_run(
+    tmp_path: Path, tiny_backbone: Path, cache_dir: Path
+) -> None:
+    app = _hostile_copy(tmp_path / "app")
+    out = tmp_path / "out"
+    over = (
+        f'data.dataset="synthetic" data.synthetic-users=60 data.synthetic-items=80 '
+        f'model.backbone="{tiny_backbone}" model.cache-dir="{cache_dir}" '
+        'fed.rounds=2 data.num-sites=4 fed.min-clients=3 dp.accountant="rdp"'
+    )
+    cmd, env = federated_command(["--out", str(out), "--num-supernodes", "4", "--run-config", over])
+    env[FAULT_ENV] = "nan:0.25"  # partition 0 of 4 poisons every training reply
+    log = tmp_path / "run.log"
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, cwd=app, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                              timeout=RUN_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "completed"
+    rows = [h for h in results["history"] if h["round"] >= 1]
+    assert [h["round"] for h in rows] == [1, 2]
+    dropped_nodes = set()
+    for row in rows:
+        dropped = {c["node"]: c["dropped"] for c in row["clients"] if "dropped" in c}
+        assert len(dropped) == 1, row["clients"]
+        assert "non-finite values" in next(iter(dropped.values()))
+        assert row["n_aggregated"] == 3
+        dropped_nodes |= set(dropped)
+    assert len(dropped_nodes) == 1  # the same (partition 0) node, every round
+    flwr_log = (out / "flwr.log").read_text()
+    assert "dropping reply from node" in flwr_log and "non-finite values" in flwr_log
