@@ -8,9 +8,11 @@ synthetic data). Gaps are best minus worst group mean.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 ACTIVE_SHARE = 0.2  # "most active" = top 20% of users by training interactions
 AGE_BANDS = ((0, "<25"), (25, "25-34"), (35, "35-44"), (45, "45+"))  # ml-1m codes fit too
@@ -144,4 +146,45 @@ def cold_start(results: dict[str, Any], corpus: Any, *, seed: int) -> dict[str, 
             **{k: res[k] for k in ("hr@10", "ndcg@10")},
             **_rank_stats(ev.per_user()["rank"], n_items),
         }
+        text = _text_only_cold(results, corpus, users[cold], seed=seed)
+        if text is not None:
+            out["text-only_cold"] = text
     return out
+
+
+def _text_only_cold(
+    results: dict[str, Any], corpus: Any, users: np.ndarray, *, seed: int
+) -> dict[str, float] | None:
+    """The run's final adapter with the popularity prior switched off, on the cold users.
+
+    Isolates what the text towers do for items nobody trained on (the prior puts every cold
+    item at its floor). None when the run saved no adapter (e.g. a central run).
+    """
+    from common.config import parse_config
+    from common.evaluate import evaluate_scores, model_score_fn
+    from common.model import load_adapter
+    from common.task import device, load_catalogue
+    from simulations.centralized import evaluator_for
+
+    conf = results.get("config") or {}
+    folder = Path(str(conf.get("fed.out-dir", ""))) / "adapter"
+    if not conf or not (folder / "adapter_config.json").is_file():
+        return None
+    cfg = parse_config(conf)
+    n_items, hl = corpus.data.n_items, cfg.data.history_len
+    model = load_adapter(cfg.model, folder, n_items=n_items, history_len=hl, device=device())
+    with torch.no_grad():
+        model.prior_weight.weight.zero_()
+    cat = load_catalogue(cfg.model, corpus.data.item_texts, model.n_lower + cfg.model.lora.layers)
+    ev = evaluate_scores(
+        model_score_fn(model.eval(), cat, history_len=hl),
+        corpus.local(users),
+        n_items,
+        which="test",
+        evaluator=evaluator_for(corpus, seed),
+    )
+    res = ev.result()
+    return {
+        **{k: res[k] for k in ("hr@10", "ndcg@10")},
+        **_rank_stats(ev.per_user()["rank"], n_items),
+    }

@@ -244,6 +244,8 @@ def test_tiny_preset_end_to_end(tmp_path: Path, tiny_backbone: Path, cache_dir: 
     # round 0 (the DP popularity prior) + 2 training rounds
     assert len(dp["rounds"]) == 3 and dp["fairness"]["activity"]["groups"]
     assert dp["cold_start"]["n_cold_items"] == 8
+    text = dp["cold_start"]["text-only_cold"]  # the run's adapter with the prior switched off
+    assert 0.0 <= text["hr@10"] <= text["hr@100"] <= 1.0 and 0 <= text["rank_percentile"] <= 1
     for row in rows:  # federated profile from summed per-site counts; central: the evaluator
         prof = row["metrics"]["exposure_profile@10"]
         assert prof == sorted(prof, reverse=True) and prof[-1] >= 1
