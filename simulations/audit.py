@@ -165,24 +165,26 @@ def attack_real_users(cfg: RunConfig, scorer: Scorer) -> dict[str, Any]:
     attack also looks at the history, since a user's own items all fed the histogram).
     """
     split = load_corpus(cfg.data).split
-    users = [u for u, t in enumerate(split.train) if len(t) >= 2]
+    everyone = [u for u, t in enumerate(split.train) if len(t) >= 2]
+    held = set(heldout_users(len(split.train), cfg.audit.holdout_users, cfg.audit.seed).tolist())
+    trained = [u for u in everyone if u not in held]  # a held-out user's items are not members
     member = scorer(
-        [split.train[u][:-1] for u in users],
-        np.array([split.train[u][-1] for u in users]),
+        [split.train[u][:-1] for u in trained],
+        np.array([split.train[u][-1] for u in trained]),
         prior_of_history=False,
     )
     non = scorer(
-        [np.append(split.train[u], split.valid[u]) for u in users],
-        split.test[users],
+        [np.append(split.train[u], split.valid[u]) for u in trained],
+        split.test[trained],
         prior_of_history=False,
     )
     out = {a: {**A.membership_attack(member[a], non[a]), "unit": "interaction"} for a in member}
-    if cfg.audit.holdout_users > 0:
-        held = set(heldout_users(len(split.train), cfg.audit.holdout_users, cfg.audit.seed))
+    if held:
         last = scorer(
-            [split.train[u][:-1] for u in users], np.array([split.train[u][-1] for u in users])
+            [split.train[u][:-1] for u in everyone],
+            np.array([split.train[u][-1] for u in everyone]),
         )
-        out_mask = np.array([u in held for u in users])
+        out_mask = np.array([u in held for u in everyone])
         for a, s in last.items():
             out[f"{a}, held-out users"] = {
                 **A.membership_attack(s[~out_mask], s[out_mask]),

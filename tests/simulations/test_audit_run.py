@@ -39,7 +39,9 @@ def test_without_dp_the_audit_has_power(
     assert rc == 0
     held = rep["real_users"]["model, held-out users"]
     assert held["unit"] == "user" and 5 <= held["n_nonmembers"] <= 10 < held["n_members"]
-    assert rep["real_users"]["model"]["unit"] == "interaction"
+    inter = rep["real_users"]["model"]
+    assert inter["unit"] == "interaction"  # trained users only: held-out items are not members
+    assert inter["n_members"] == inter["n_nonmembers"] == held["n_members"]
     assert rep["privacy"]["mode"] == "none" and rep["ledger"] is None
     can = rep["canaries"]
     assert can["m"] == 200
