@@ -106,9 +106,11 @@ def run_federation(
         else:
             msgs = list(strategy.configure_train(rnd, record, config, grid))
         replies = list(grid.send_and_receive(msgs, timeout=cfg.fed.round_timeout))
+        # Flower sets each instruction's message id when it pushes it.
+        sent_to = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in msgs}
         good, clients = [], []
         for reply in replies:
-            row = _client_row(reply)
+            row = _client_row(reply, sent_to)
             if reply.has_error():
                 row["dropped"] = f"error: {reply.error.reason}"
             elif _declined(reply):
@@ -130,7 +132,7 @@ def run_federation(
                 )
             row["bytes_down"] = R.state_bytes(arrays)
             clients.append(row)
-        answered = {int(r.metadata.src_node_id) for r in replies}
+        answered = {_node_of(r, sent_to) for r in replies}
         for node in sorted({int(m.metadata.dst_node_id) for m in msgs} - answered):
             why = f"no reply within fed.round-timeout ({cfg.fed.round_timeout:g}s)"
             log.warning("[fedrec] round %d: node %s gave %s", rnd, node, why)
@@ -234,8 +236,17 @@ def aggregate_prior(replies: list[Message], state: dict[str, np.ndarray]) -> Arr
     return R.to_record({**state, PRIOR_KEY: mean.astype(np.float32)})
 
 
-def _client_row(reply: Message) -> dict[str, Any]:
-    row: dict[str, Any] = {"node": int(reply.metadata.src_node_id)}
+def _node_of(reply: Message, sent_to: dict[str, int]) -> int:
+    """The node a reply is about (the destination of the instruction it answers).
+
+    An error the SuperLink makes for an unavailable node comes from the SuperLink itself
+    (src node 1), so the instruction's destination decides, not the reply's source.
+    """
+    return sent_to.get(reply.metadata.reply_to_message_id, int(reply.metadata.src_node_id))
+
+
+def _client_row(reply: Message, sent_to: dict[str, int]) -> dict[str, Any]:
+    row: dict[str, Any] = {"node": _node_of(reply, sent_to)}
     if reply.has_error() or not reply.has_content():
         return row
     metrics = reply.content.metric_records.get(R.METRICS)
