@@ -31,6 +31,7 @@ def train(msg: Message, context: Context) -> Message:
         server_round=int(cfg.get(R.ROUND, 0)),  # type: ignore[arg-type]
         collect_prior=bool(cfg.get(R.COLLECT_PRIOR, False)),
         proximal_mu=float(cfg.get(R.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
+        run_key=str(cfg.get(R.RUN_KEY, "")),
     )
     reason = metrics.pop("reason", None)
     if new_state is None:

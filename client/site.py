@@ -184,6 +184,7 @@ def train_round(
     server_round: int,
     collect_prior: bool,
     proximal_mu: float,
+    run_key: str = "",
 ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
     """Load the global state, spend budget if allowed, train; return (new state, metrics).
 
@@ -213,10 +214,10 @@ def train_round(
         events = plan.prior_events() if collect_prior else plan.round_events()
         ledger = open_ledger(site, plan)
         kind = "prior" if collect_prior else "train"
-        if ledger.has_round(server_round, kind):
+        if ledger.has_round(server_round, kind, run=run_key):
             # A redelivered round (e.g. the server restarted mid-round): re-send the output
             # already released for the same input instead of spending the budget again.
-            cached = _load_reply(site, server_round, kind, state)
+            cached = _load_reply(site, server_round, kind, state, run_key)
             if cached is None:
                 raise PrivacyError(
                     f"round {server_round} ({kind}) was already spent in {site.ledger_path} "
@@ -234,7 +235,7 @@ def train_round(
                 f"{cfg.dp.epsilon} (spent {ledger.epsilon():.4g})",
             }
         # Spend first: a crash mid-round must never leave spent budget unrecorded.
-        eps = ledger.record(server_round, "prior" if collect_prior else "train", events)
+        eps = ledger.record(server_round, kind, events, run=run_key)
     if collect_prior and cfg.model.prior:
         sigma = plan.prior_sigma if plan is not None else 0.0
         hist = local_histogram(
@@ -261,7 +262,9 @@ def train_round(
             out.update(
                 {"epsilon": eps, "delta": plan.delta, "sigma": plan.prior_sigma, "sample-rate": 1.0}
             )
-        return _save_reply(site, server_round, "prior", state, trainable_state(site.model), out)
+        return _save_reply(
+            site, server_round, "prior", state, trainable_state(site.model), out, run_key
+        )
     anchor = trainable_state(site.model) if proximal_mu > 0 else None
     stats = train(
         site.model,
@@ -293,13 +296,18 @@ def train_round(
                 "sample-rate": plan.sample_rate,
             }
         )
-    return _save_reply(site, server_round, "train", state, trainable_state(site.model), metrics)
+    return _save_reply(
+        site, server_round, "train", state, trainable_state(site.model), metrics, run_key
+    )
 
 
-def _reply_path(site: Site, server_round: int, kind: str) -> Path | None:
+def _reply_path(site: Site, server_round: int, kind: str, run_key: str) -> Path | None:
     if site.ledger_path is None:
         return None
-    return site.ledger_path.with_name(f"{site.ledger_path.stem}.round-{server_round}-{kind}.npz")
+    run = f".{run_key}" if run_key else ""
+    return site.ledger_path.with_name(
+        f"{site.ledger_path.stem}{run}.round-{server_round}-{kind}.npz"
+    )
 
 
 def _save_reply(
@@ -309,9 +317,10 @@ def _save_reply(
     received: dict[str, np.ndarray],
     state: dict[str, np.ndarray],
     metrics: dict[str, Any],
+    run_key: str = "",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Keep this round's released output (atomically) so a redelivery can re-send it."""
-    path = _reply_path(site, server_round, kind)
+    path = _reply_path(site, server_round, kind, run_key)
     if path is not None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
         with os.fdopen(fd, "wb") as fh:
@@ -325,9 +334,9 @@ def _save_reply(
 
 
 def _load_reply(
-    site: Site, server_round: int, kind: str, received: dict[str, np.ndarray]
+    site: Site, server_round: int, kind: str, received: dict[str, np.ndarray], run_key: str
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    path = _reply_path(site, server_round, kind)
+    path = _reply_path(site, server_round, kind, run_key)
     if path is None or not path.exists():
         return None
     with np.load(path) as z:

@@ -144,15 +144,20 @@ class Ledger:
         """Whether running `extra` would take epsilon above the budget."""
         return self.epsilon(extra) > self.budget_epsilon * (1 + 1e-6)
 
-    def record(self, server_round: int, kind: str, events: Sequence[Event]) -> float:
+    def record(
+        self, server_round: int, kind: str, events: Sequence[Event], *, run: str = ""
+    ) -> float:
         """Append one round's events, persist, and return the new cumulative epsilon.
+
+        `run` names the federated training the round belongs to (the server's run key): a
+        site's ledger spans every run it took part in, and round numbers restart per run.
 
         Read-check-append-write happens under the file lock against the ledger as it is on
         disk now, so concurrent writers never lose an entry and never jointly overspend:
         a round that would exceed the budget given the fresh state raises `PrivacyError`.
         """
         if self.path is None:
-            return self._append(server_round, kind, events)
+            return self._append(server_round, kind, events, run)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock"):
             if self.path.exists():
@@ -162,27 +167,34 @@ class Ledger:
                     f"round {server_round} would take ledger {self.path} over its budget "
                     f"epsilon {self.budget_epsilon} (spent {self.epsilon():.4g})"
                 )
-            eps = self._append(server_round, kind, events)
+            eps = self._append(server_round, kind, events, run)
             self._write()
         return eps
 
-    def _append(self, server_round: int, kind: str, events: Sequence[Event]) -> float:
-        if any(r["round"] == server_round and r["kind"] == kind for r in self.rounds):
+    def _append(self, server_round: int, kind: str, events: Sequence[Event], run: str) -> float:
+        if self.has_round(server_round, kind, run=run):
             raise PrivacyError(
-                f"round {server_round} ({kind}) is already in the ledger {self.path}"
+                f"round {server_round} ({kind}) of run {run or '-'} is already in the ledger "
+                f"{self.path}"
             )
         for sigma, q, steps in events:
-            self.rounds.append(
-                {"round": server_round, "kind": kind, "sigma": sigma, "q": q, "steps": steps}
-            )
+            entry: dict[str, float | int | str] = {
+                "round": server_round, "kind": kind, "sigma": sigma, "q": q, "steps": steps
+            }  # fmt: skip
+            if run:
+                entry["run"] = run
+            self.rounds.append(entry)
         eps = self.epsilon()
         if self.rounds:
             self.rounds[-1]["epsilon"] = eps
         return eps
 
-    def has_round(self, server_round: int, kind: str) -> bool:
-        """Whether `server_round` was already spent (a retried message must not spend twice)."""
-        return any(r["round"] == server_round and r["kind"] == kind for r in self.rounds)
+    def has_round(self, server_round: int, kind: str, *, run: str = "") -> bool:
+        """Whether `server_round` of `run` was already spent (a retry must not spend twice)."""
+        return any(
+            r["round"] == server_round and r["kind"] == kind and r.get("run", "") == run
+            for r in self.rounds
+        )
 
     def to_json(self) -> dict[str, object]:
         """Serialisable form."""

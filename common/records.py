@@ -19,6 +19,7 @@ EXPOSURE_COUNTS = "exposure-counts@10"  # per-item top-10 counts, summed across 
 
 # Per-round ConfigRecord keys sent by the server.
 ROUND = "server-round"
+RUN_KEY = "run-key"  # identifies one federated training across server restarts
 COLLECT_PRIOR = "collect-prior"
 PROXIMAL_MU = "proximal-mu"
 EVAL_SPLIT = "eval-split"

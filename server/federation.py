@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -76,6 +78,10 @@ def run_federation(
     sigma, q, delta = central_sigma(cfg, n_clients)
     strategy: Strategy = create_strategy(cfg, n_clients, central_sigma=sigma)
     ckpt = Checkpoint(out, cfg)
+    # Same config (incl. fed.out-dir) = the same training, also after a server restart: the
+    # sites key their ledger entries and redelivery cache by it; round numbers restart per run.
+    flat = json.dumps(cfg.flat(), sort_keys=True, default=str)
+    run_key = hashlib.sha256(flat.encode()).hexdigest()[:16]
     arrays, history, start = ckpt.load(initial)
     with_prior = cfg.model.prior and cfg.dp.mode != "central"
     if not history and with_prior:
@@ -89,6 +95,7 @@ def run_federation(
         config = ConfigRecord(
             {
                 R.ROUND: rnd,
+                R.RUN_KEY: run_key,
                 R.COLLECT_PRIOR: rnd == 0,
                 R.PROXIMAL_MU: cfg.fed.proximal_mu if cfg.fed.strategy == "fedprox" else 0.0,
             }

@@ -308,6 +308,22 @@ def test_ledger_refuses_the_same_round_twice(tmp_path: Path) -> None:
     assert len(ledger.events) == 2
 
 
+def test_a_second_run_spends_its_own_rounds_and_the_budget_accumulates(tmp_path: Path) -> None:
+    # A site's ledger spans every federated training it joins; round numbers restart per run,
+    # so round 1 of a new run is a new spend (not a redelivery), and epsilon keeps adding up.
+    path = tmp_path / "l.json"
+    ledger = Ledger.open(path, budget_epsilon=20.0, delta=0.01, accountant="rdp")
+    first = ledger.record(1, "train", ROUND, run="run-a")
+    assert ledger.has_round(1, "train", run="run-a") and not ledger.has_round(1, "train")
+    second = ledger.record(1, "train", ROUND, run="run-b")
+    assert second > first
+    assert second == pytest.approx(epsilon_of(ROUND * 2, delta=0.01, accountant="rdp"))
+    with pytest.raises(PrivacyError, match="run run-b is already"):
+        ledger.record(1, "train", ROUND, run="run-b")
+    again = Ledger.open(path, budget_epsilon=20.0, delta=0.01, accountant="rdp")
+    assert [r.get("run") for r in again.rounds] == ["run-a", "run-b"]
+
+
 def test_would_exceed_turns_true_at_the_budget() -> None:
     budget = epsilon_of(ROUND * 2, delta=0.01, accountant="rdp")
     ledger = Ledger(budget, 0.01, "rdp")

@@ -307,7 +307,11 @@ def test_plaintext_supernode_is_refused(deployment: Deployment) -> None:
     log = proc.text()
     assert proc.popen.returncode != 0, log
     assert "Failed to initialize the connection to the SuperLink" in log, log
-    assert "Server disconnected without sending a response" in log, log
+    # The refusal reads either way (observed, flwr 1.41.0, same set-up, different runs).
+    assert any(
+        why in log
+        for why in ("Server disconnected without sending a response", "Connection reset by peer")
+    ), log
     # With a key: flower-supernode itself refuses to authenticate over plaintext (exit 303).
     key = str(deployment.keys / "plaintext")
     proc = _plaintext_supernode(deployment, "plaintext-key", "--auth-supernode-private-key", key)
@@ -417,8 +421,6 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(
     round must complete with the two live sites (when the SuperLink reports the node gone,
     or at fed.round-timeout at the latest), name the dead node, and the run must go on.
     """
-    import threading
-
     from common.backbone import make_tiny_backbone
 
     dep = deployment
@@ -440,6 +442,9 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(
                 f'"model.backbone" = "{backbone}"',
                 f'"model.cache-dir" = "{tmp_path / "cache"}"',
                 '"train.epochs" = 30.0',  # seconds of training: room to kill mid-round
+                # No DP: site-a's pinned ledger already holds the budget of an earlier test's
+                # run (a site's ledger spans runs), so with DP it would rightly decline.
+                '"dp.mode" = "none"',
                 '"fed.rounds" = 2',
                 '"fed.min-clients" = 2',
                 '"fed.round-timeout" = 90.0',
@@ -449,31 +454,24 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(
         )
         + "\n"
     )
-    box: dict[str, Any] = {}
-    runner = threading.Thread(
-        target=lambda: box.update(
-            res=dep.cli("run", ".", CONNECTION, "--stream", "--run-config", str(run_config),
-                        timeout=RUN_TIMEOUT)  # fmt: skip
-        )
-    )
-    runner.start()
+    stream = dep.root / "logs" / "kill-run.log"
+    with open(stream, "wb") as fh:
+        runner = subprocess.Popen(
+            [str(Path(sys.executable).parent / "flwr"), "run", ".", CONNECTION, "--stream",
+             "--run-config", str(run_config)],
+            cwd=REPO, env={**dep.env, "FLWR_HOME": str(dep.root / "operator")},
+            stdout=fh, stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
     def training_round_1() -> bool:
-        # The site records its spend before it trains ("spend first"): a round-1 entry means
-        # site-c is training round 1 right now.
-        try:
-            rounds = json.loads(ledger.read_text())["rounds"]
-        except (OSError, ValueError, KeyError):
-            return False
-        return any(r["round"] == 1 and r["kind"] == "train" for r in rounds)
+        # Round 1 is sent right after round 0 is done; 30 epochs keep site-c busy for seconds.
+        return "[fedrec] round 0 done" in stream.read_text(errors="replace")
 
-    _wait(training_round_1, RUN_TIMEOUT, "site-c training round 1", victim)
+    _wait(training_round_1, RUN_TIMEOUT, "round 1 to start", victim)
+    time.sleep(2.0)
     os.killpg(victim.popen.pid, signal.SIGKILL)  # the SuperNode and its ClientApp
     victim.popen.wait(timeout=10)
-    runner.join(RUN_TIMEOUT + 30)
-    assert not runner.is_alive(), "flwr run did not return"
-    res = box["res"]
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert runner.wait(timeout=RUN_TIMEOUT) == 0, stream.read_text(errors="replace")[-4000:]
     runs = dep.cli_json("ls", CONNECTION)["runs"]
     assert max(runs, key=lambda r: str(r.get("pending-at", "")))["status"] == "finished:completed"
 
