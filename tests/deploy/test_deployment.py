@@ -321,28 +321,28 @@ def test_plaintext_supernode_is_refused(deployment: Deployment) -> None:
     assert deployment.nodes() == before  # nobody new joined
 
 
-def test_one_round_over_tls(deployment: Deployment, tmp_path: Path) -> None:
+def _run_config(tmp_path: Path, over: dict[str, Any]) -> Path:
+    """A run-config file: two sites' synthetic data, a tiny backbone, out in `tmp_path/out`."""
     from common.backbone import make_tiny_backbone
+    from simulations.federated import _toml
 
-    backbone = make_tiny_backbone(tmp_path / "tinybert")
+    base: dict[str, Any] = {
+        "data.dataset": "synthetic",
+        "data.synthetic-users": 60,
+        "data.synthetic-items": 80,
+        "model.backbone": str(make_tiny_backbone(tmp_path / "tinybert")),
+        "model.cache-dir": str(tmp_path / "cache"),
+        "fed.min-clients": 2,
+        "fed.out-dir": str(tmp_path / "out"),
+    }
+    path = tmp_path / "run.toml"
+    path.write_text("".join(f'"{k}" = {_toml(v)}\n' for k, v in {**base, **over}.items()))
+    return path
+
+
+def test_one_round_over_tls(deployment: Deployment, tmp_path: Path) -> None:
     out, ledgers = tmp_path / "out", tmp_path / "ledgers"
-    run_config = tmp_path / "run.toml"
-    run_config.write_text(
-        "\n".join(
-            [
-                '"data.dataset" = "synthetic"',
-                '"data.synthetic-users" = 60',
-                '"data.synthetic-items" = 80',
-                f'"model.backbone" = "{backbone}"',
-                f'"model.cache-dir" = "{tmp_path / "cache"}"',
-                '"fed.rounds" = 1',
-                '"fed.min-clients" = 2',
-                f'"fed.out-dir" = "{out}"',
-                f'"dp.ledger-dir" = "{ledgers}"',
-            ]
-        )
-        + "\n"
-    )
+    run_config = _run_config(tmp_path, {"fed.rounds": 1, "dp.ledger-dir": str(ledgers)})
     res = deployment.cli(
         "run", ".", CONNECTION, "--stream", "--run-config", str(run_config), timeout=RUN_TIMEOUT
     )
@@ -421,8 +421,6 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(
     round must complete with the two live sites (when the SuperLink reports the node gone,
     or at fed.round-timeout at the latest), name the dead node, and the run must go on.
     """
-    from common.backbone import make_tiny_backbone
-
     dep = deployment
     dep.node_ids["site-c"] = dep.register("site-c")
     ledger = dep.root / "site-c" / "ledger.json"
@@ -430,29 +428,18 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(
     victim = dep.supernode("site-c", port, LEDGER_PATH=str(ledger))
     _wait(lambda: dep.nodes().get(dep.node_ids["site-c"]) == "online", BOOT_TIMEOUT,
           "site-c online", victim)  # fmt: skip
-    backbone = make_tiny_backbone(tmp_path / "tinybert")
     out = tmp_path / "out"
-    run_config = tmp_path / "run.toml"
-    run_config.write_text(
-        "\n".join(
-            [
-                '"data.dataset" = "synthetic"',
-                '"data.synthetic-users" = 60',
-                '"data.synthetic-items" = 80',
-                f'"model.backbone" = "{backbone}"',
-                f'"model.cache-dir" = "{tmp_path / "cache"}"',
-                '"train.epochs" = 30.0',  # seconds of training: room to kill mid-round
-                # No DP: site-a's pinned ledger already holds the budget of an earlier test's
-                # run (a site's ledger spans runs), so with DP it would rightly decline.
-                '"dp.mode" = "none"',
-                '"fed.rounds" = 2',
-                '"fed.min-clients" = 2',
-                '"fed.round-timeout" = 90.0',
-                f'"fed.out-dir" = "{out}"',
-                f'"dp.ledger-dir" = "{tmp_path / "ledgers"}"',
-            ]
-        )
-        + "\n"
+    run_config = _run_config(
+        tmp_path,
+        {
+            "train.epochs": 30.0,  # seconds of training: room to kill mid-round
+            # No DP: site-a's pinned ledger already holds the budget of an earlier test's
+            # run (a site's ledger spans runs), so with DP it would rightly decline.
+            "dp.mode": "none",
+            "fed.rounds": 2,
+            "fed.round-timeout": 90.0,
+            "dp.ledger-dir": str(tmp_path / "ledgers"),
+        },
     )
     stream = dep.root / "logs" / "kill-run.log"
     with open(stream, "wb") as fh:
