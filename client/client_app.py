@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -10,6 +12,8 @@ from flwr.clientapp import ClientApp
 from client.evaluation import evaluate_round
 from client.site import get_site, initial_state, train_round
 from common import records as R
+from common.config import ConfigError
+from common.privacy import PrivacyError
 
 app = ClientApp()
 log = logging.getLogger("flwr.fedrec")
@@ -19,7 +23,49 @@ def _config(msg: Message) -> ConfigRecord:
     return msg.content.config_records.get(R.CONFIG, ConfigRecord())
 
 
+class SiteError(RuntimeError):
+    """What the server is told about a site's failure (the details stay in the site's log)."""
+
+
+def withhold_details(handler: Callable[[Message, Context], Message]) -> Callable[..., Message]:
+    """Send the server only the kind of a failure: data errors can name users and counts.
+
+    Configuration and privacy errors (about the run's settings and the site's ledger, not its
+    users) keep their message; any other error reaches the server as its type alone, and is
+    logged in full at the site.
+    """
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except (ConfigError, PrivacyError):
+            raise
+        except Exception as exc:
+            log.exception("[fedrec] %s failed", handler.__name__)
+            raise SiteError(
+                f"{type(exc).__name__} in the site's {handler.__name__} (details in the "
+                "site's log; withheld from the server because they may name users)"
+            ) from None
+
+    return wrapped
+
+
+def _reply(metrics: dict, msg: Message, context: Context, arrays: dict | None = None) -> Message:
+    """A reply: arrays (if any), metrics, and a decline reason as a ConfigRecord."""
+    reason = metrics.pop("reason", None)
+    content = RecordDict({R.METRICS: R.metric_record(metrics)})
+    if arrays is not None:
+        content[R.ARRAYS] = R.to_record(arrays)
+    if reason is not None:
+        log.warning("[fedrec] declining %s: %s", msg.metadata.message_type, reason)
+        context.state[R.DECLINED] = ConfigRecord({"reason": str(reason)})
+        content[R.DECLINE] = ConfigRecord({R.REASON: str(reason)})
+    return Message(content, reply_to=msg)
+
+
 @app.train()
+@withhold_details
 def train(msg: Message, context: Context) -> Message:
     """Train on local users from the received adapter; reply with trainable arrays + metrics."""
     site = get_site(dict(context.run_config), dict(context.node_config))
@@ -33,20 +79,15 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(cfg.get(R.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         run_key=str(cfg.get(R.RUN_KEY, "")),
     )
-    reason = metrics.pop("reason", None)
-    if new_state is None:
-        log.warning("[fedrec] %s declines round %s: %s", site.name, cfg.get(R.ROUND), reason)
-        context.state[R.DECLINED] = ConfigRecord({"reason": str(reason)})
-        return Message(RecordDict({R.METRICS: R.metric_record(metrics)}), reply_to=msg)
-    if "epsilon" in metrics:
+    if new_state is not None and "epsilon" in metrics:
         context.state["privacy"] = ConfigRecord(
             {"epsilon": float(metrics["epsilon"]), "delta": float(metrics["delta"])}
         )
-    content = RecordDict({R.ARRAYS: R.to_record(new_state), R.METRICS: R.metric_record(metrics)})
-    return Message(content, reply_to=msg)
+    return _reply(metrics, msg, context, new_state)
 
 
 @app.query()
+@withhold_details
 def query(msg: Message, context: Context) -> Message:
     """The seeded initial trainable state (for a server that holds no data)."""
     site = get_site(dict(context.run_config), dict(context.node_config))
@@ -55,6 +96,7 @@ def query(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@withhold_details
 def evaluate(msg: Message, context: Context) -> Message:
     """Full-catalogue ranking metrics of the received adapter on this site's held-out items."""
     site = get_site(dict(context.run_config), dict(context.node_config))
@@ -65,5 +107,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         state,
         which=str(cfg.get(R.EVAL_SPLIT, "test")),
         per_user=bool(cfg.get(R.PER_USER, False)),
+        server_round=int(cfg.get(R.ROUND, 0)),  # type: ignore[arg-type]
+        run_key=str(cfg.get(R.RUN_KEY, "")),
     )
-    return Message(RecordDict({R.METRICS: R.metric_record(metrics)}), reply_to=msg)
+    return _reply(metrics, msg, context)

@@ -7,13 +7,23 @@ from typing import Any
 
 import numpy as np
 
-from client.site import Site
+from client.site import (
+    Site,
+    dp_plan,
+    eval_releases,
+    load_reply,
+    open_ledger,
+    privacy_metrics,
+    round_seed,
+    save_reply,
+    spend,
+)
 from common import records as R
-from common.catalogue import default_cache_dir
-from common.evaluate import evaluate_scores, model_score_fn
+from common.evaluate import evaluate_scores, item_cache_path, model_score_fn
 from common.exposure import long_tail_items
 from common.metrics import RankingEvaluator
 from common.model import load_trainable_state
+from common.privacy import PrivacyError
 from common.records import state_digest
 
 
@@ -33,16 +43,79 @@ def shared_item_scores(site: Site, state: dict[str, np.ndarray]) -> Any:
 
 
 def _item_cache_path(site: Site, state: dict[str, np.ndarray]) -> Path:
-    root = Path(site.cfg.model.cache_dir) if site.cfg.model.cache_dir else default_cache_dir()
-    return root / "items" / f"{state_digest(state)}.npy"
+    return item_cache_path(site.cfg.model.cache_dir, state_digest(state))
+
+
+# Per-user metrics a noised evaluation releases (each in [0, 1] per user).
+NOISED_METRICS = ("hr@10", "ndcg@10", "mrr")
+
+
+def noisy_means(
+    per_user: dict[str, np.ndarray], keys: tuple[str, ...], *, sigma: float, seed: int
+) -> dict[str, float]:
+    """Gaussian mechanism over per-user contributions (sensitivity: one user).
+
+    Each user contributes ``(m_1, ..., m_d, 1) / sqrt(d + 1)`` (every m_i in [0, 1], so the
+    vector has L2 norm <= 1); the sum gets ``N(0, sigma^2)`` per coordinate and is scaled
+    back. Released: the noisy count (rounded, at least 1, as ``num-examples``) and each
+    metric as noisy sum / that count -- the server's count-weighted mean of the sites' values
+    is then the ratio of the summed noisy sums to the summed noisy counts.
+    """
+    d = len(keys)
+    scale = float(np.sqrt(d + 1))
+    n = len(per_user[keys[0]]) if keys else 0
+    cols = [np.clip(np.asarray(per_user[k], np.float64), 0.0, 1.0) for k in keys]
+    sums = np.array([c.sum() for c in cols] + [float(n)]) / scale
+    noisy = (sums + np.random.default_rng(seed).normal(0.0, sigma, size=d + 1)) * scale
+    count = max(1.0, float(np.round(noisy[-1])))
+    out = {k: float(noisy[i] / count) for i, k in enumerate(keys)}
+    out[R.NUM_EXAMPLES] = count
+    return out
 
 
 def evaluate_round(
-    site: Site, state: dict[str, np.ndarray], *, which: str, per_user: bool
+    site: Site,
+    state: dict[str, np.ndarray],
+    *,
+    which: str,
+    per_user: bool,
+    server_round: int = 0,
+    run_key: str = "",
 ) -> dict[str, Any]:
-    """Full-catalogue ranking of this site's users' held-out items."""
+    """This site's evaluation reply, as its policy allows (``declined = 1`` + reason if not).
+
+    Under local DP with ``release-eval = "noised"`` (the default) the metrics go through
+    `noisy_means`, accounted in the site's ledger (kind ``eval``) and composed with training;
+    ``"plain"`` releases exact aggregates; ``"none"`` releases nothing. Per-user vectors only
+    in simulation and only if the policy sets ``release-per-user``.
+    """
+    policy = site.policy
+    why = policy.decline_reason(site.cfg, simulated=site.simulated)
+    if why:
+        return {"declined": 1, "reason": f"{site.name}: {why}"}
+    if policy.release_eval == "none":
+        return {"declined": 1, "reason": f"{site.name}: the site's policy releases no evaluation"}
+    noised = site.cfg.dp.local and policy.release_eval == "noised"
+    if noised:
+        return _noised_round(site, state, which=which, server_round=server_round, run_key=run_key)
+    ev = _evaluate(site, state, which)
+    res = ev.result()
+    out: dict[str, Any] = {k: v for k, v in res.items() if k != "n_users"}
+    out["num-examples"] = int(res["n_users"])
+    if per_user and policy.release_per_user and site.simulated:
+        pu = ev.per_user()
+        out["per-user-user"] = [float(u) for u in pu["user"]]
+        for k in ("hr@10", "ndcg@10", "rank"):
+            out[f"per-user-{k}"] = [float(x) for x in pu[k]]
+        # Per-item top-10 counts: the server sums them for the federation's true coverage,
+        # exposure Gini and Lorenz curve (a mean of per-site coverages would be wrong).
+        out[R.EXPOSURE_COUNTS] = [float(x) for x in ev.exposure(10)]
+    return out
+
+
+def _evaluate(site: Site, state: dict[str, np.ndarray], which: str) -> Any:
     score = shared_item_scores(site, state)
-    ev = evaluate_scores(
+    return evaluate_scores(
         score,
         site.local,
         site.corpus.data.n_items,
@@ -55,15 +128,44 @@ def evaluate_round(
             ),
         ),
     )
-    res = ev.result()
-    out: dict[str, Any] = {k: v for k, v in res.items() if k != "n_users"}
-    out["num-examples"] = int(res["n_users"])
-    if per_user:
-        pu = ev.per_user()
-        out["per-user-user"] = [float(u) for u in pu["user"]]
-        for k in ("hr@10", "ndcg@10", "rank"):
-            out[f"per-user-{k}"] = [float(x) for x in pu[k]]
-        # Per-item top-10 counts: the server sums them for the federation's true coverage,
-        # exposure Gini and Lorenz curve (a mean of per-site coverages would be wrong).
-        out[R.EXPOSURE_COUNTS] = [float(x) for x in ev.exposure(10)]
+
+
+def _noised_round(
+    site: Site, state: dict[str, np.ndarray], *, which: str, server_round: int, run_key: str
+) -> dict[str, Any]:
+    """One accounted, noised evaluation release (re-sent, not re-spent, when redelivered)."""
+    try:
+        plan = dp_plan(site)
+    except PrivacyError as exc:
+        return {"declined": 1, "reason": f"{site.name}: {exc}"}
+    if plan is None or plan.eval_sigma <= 0:
+        return {"declined": 1, "reason": f"{site.name}: dp.eval-share = 0 leaves no budget for "
+                "a noised evaluation (the site's policy releases no plain metrics)"}  # fmt: skip
+    ledger = open_ledger(site, plan)
+    kind = f"eval-{which}"
+    if ledger.has_round(server_round, kind, run=run_key):
+        cached = load_reply(site, server_round, kind, state, run_key)
+        if cached is None:
+            why = "was already released for another state; it is not released twice"
+            return {"declined": 1, "reason": f"{site.name}: evaluation {server_round} {why}"}
+        return cached[1]
+    done = sum(1 for r in ledger.rounds if r.get("run", "") == run_key
+               and str(r["kind"]).startswith("eval"))  # fmt: skip
+    if done >= eval_releases(site):
+        return {"declined": 1, "reason": f"{site.name}: the run's {done} planned noised "
+                "evaluations are spent (one per round, dp.eval-share of epsilon)"}  # fmt: skip
+    _, refusal = spend(
+        site, plan, ledger, server_round=server_round, kind=kind, events=plan.eval_events(),
+        run_key=run_key,
+    )  # fmt: skip
+    if refusal:
+        return {"declined": 1, "reason": f"{site.name}: {refusal}"}
+    ev = _evaluate(site, state, which)
+    out: dict[str, Any] = noisy_means(
+        ev.per_user(), NOISED_METRICS, sigma=plan.eval_sigma,
+        seed=round_seed(site, server_round, stream=3),
+    )  # fmt: skip
+    out.update(privacy_metrics(site, plan, ledger, run_key))
+    out["noised"] = 1
+    save_reply(site, server_round, kind, state, {}, out, run_key)
     return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -18,7 +17,9 @@ import torch
 from common.canary import make_canaries
 from common.config import RunConfig
 from common.model import RecModel, load_trainable_state, trainable_state
-from common.privacy import Ledger, PrivacyError
+from common.policy import SitePolicy, load_policy
+from common.privacy import REPORT_DELTA, Ledger, PrivacyError, noise_seed
+from common.records import UNIT_WEIGHT as R_UNIT_WEIGHT
 from common.records import state_digest
 from common.task import (
     Corpus,
@@ -43,7 +44,9 @@ class Site:
     cat: Any
     ledger_path: Path | None
     trainees: LocalData  # who trains: `local` plus this site's included audit canaries
-    max_epsilon: float = math.inf  # the site's own cap (node config `max-epsilon`)
+    policy: SitePolicy = SitePolicy()  # the site's own limits (node config)
+    simulated: bool = True  # a simulation node (Flower's partition-id) vs a deployed site
+    data_key: str = ""  # fingerprint of the site's data: one ledger per data set
 
 
 def node_setup(
@@ -148,13 +151,48 @@ def get_site(run_config: dict[str, Any], node_config: dict[str, Any]) -> Site:
     site = _site(
         cfg, name, None if users is None else tuple(int(u) for u in users), ledger, index, n_sites
     )
-    if "max-epsilon" in node_config:
-        site.max_epsilon = float(node_config["max-epsilon"])
+    simulated = "partition-id" in node_config
+    site.policy = load_policy(node_config, simulated=simulated)
+    site.simulated = simulated
+    site.data_key = data_fingerprint(cfg, site.trainees)
     return site
 
 
+def data_fingerprint(cfg: RunConfig, data: LocalData) -> str:
+    """Content hash of what this site trains on (data set name, catalogue size, histories)."""
+    h = hashlib.sha256(f"{cfg.data.dataset}/{cfg.data.synthetic_users}".encode())
+    for seq in data.train:
+        h.update(np.asarray(seq, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def ledger_file(site: Site) -> Path | None:
+    """The ledger for this site's data: a run on other data never spends or locks it.
+
+    The configured file belongs to the first data set that wrote it; a run on other data
+    uses ``<stem>.<data key><suffix>`` beside it, unless the site's policy sets
+    ``ledger-any-dataset`` (then every data set spends the one file).
+    """
+    base = site.ledger_path
+    if base is None or site.policy.ledger_any_dataset or not base.exists():
+        return base
+    try:
+        owner = json.loads(base.read_text()).get("data_key", site.data_key)
+    except (OSError, ValueError, AttributeError):
+        return base  # a corrupt file: Ledger.open refuses it with the full story
+    if owner == site.data_key:
+        return base
+    return base.with_name(f"{base.stem}.{site.data_key}{base.suffix}")
+
+
+def eval_releases(site: Site) -> int:
+    """Noised evaluation releases this site plans for a run (one per round)."""
+    return site.cfg.fed.rounds if site.policy.release_eval == "noised" else 0
+
+
 def dp_plan(site: Site) -> DPPlan | None:
-    """This site's DP-SGD plan (None without local DP)."""
+    """This site's DP plan (None without local DP); raises `PrivacyError` for a bad delta."""
     if not site.cfg.dp.local:
         return None
     return plan_dp(
@@ -164,17 +202,75 @@ def dp_plan(site: Site) -> DPPlan | None:
         rounds=site.cfg.fed.rounds,
         use_prior=site.cfg.model.prior,
         protected_users=len(site.trainees),
+        eval_releases=eval_releases(site),
+        max_delta=site.policy.max_delta,
     )
 
 
 def open_ledger(site: Site, plan: DPPlan) -> Ledger:
-    """The site's persistent ledger (raises `PrivacyError` if corrupt)."""
-    return Ledger.open(
-        site.ledger_path,
-        budget_epsilon=site.cfg.dp.epsilon,
+    """The site's persistent ledger for its data (raises `PrivacyError` if corrupt).
+
+    Its budget is the site's own `max-epsilon` (over every run on this data); each run is
+    also held to its own `dp.epsilon` (`Ledger.run_epsilon`).
+    """
+    ledger = Ledger.open(
+        ledger_file(site),
+        budget_epsilon=site.policy.max_epsilon,
         delta=plan.delta,
         accountant=site.cfg.dp.accountant,
     )
+    ledger.data_key = site.data_key
+    return ledger
+
+
+def declined(reason: str, **extra: float) -> tuple[None, dict[str, Any]]:
+    """A refusal: no arrays, ``declined = 1`` and the reason (sent to the server)."""
+    return None, {"declined": 1, "reason": reason, **extra}
+
+
+def spend(
+    site: Site, plan: DPPlan, ledger: Ledger, *, server_round: int, kind: str,
+    events: list[tuple[float, float, int]], run_key: str,
+) -> tuple[float | None, str | None]:  # fmt: skip
+    """Record `events` if both the run's and the site's budgets allow: (run epsilon, refusal)."""
+    run_eps = ledger.run_epsilon(run_key, events)
+    if run_eps > site.cfg.dp.epsilon * (1 + 1e-6):
+        return None, (
+            f"round {server_round} ({kind}) would exceed this run's budget dp.epsilon "
+            f"{site.cfg.dp.epsilon:g} (epsilon {run_eps:.4g})"
+        )
+    if ledger.would_exceed(events):
+        return None, (
+            f"round {server_round} ({kind}) would exceed the site's max-epsilon "
+            f"{site.policy.max_epsilon:g} (spent {ledger.epsilon():.4g} over all runs)"
+        )
+    # Spend first: a crash mid-round must never leave spent budget unrecorded.
+    ledger.record(server_round, kind, events, run=run_key)
+    return ledger.run_epsilon(run_key), None
+
+
+def privacy_metrics(site: Site, plan: DPPlan, ledger: Ledger, run_key: str) -> dict[str, float]:
+    """What a site says about its privacy: the run's epsilon (at delta and 1e-6), all runs'."""
+    strict = epsilon_strict(ledger, run_key)
+    return {
+        "epsilon": ledger.run_epsilon(run_key),
+        "delta": plan.delta,
+        "epsilon-at-1e-6": strict,
+        "ledger-epsilon": ledger.epsilon(),
+    }
+
+
+def epsilon_strict(ledger: Ledger, run_key: str) -> float:
+    """The run's epsilon at the report delta (1e-6)."""
+    strict = Ledger(ledger.budget_epsilon, REPORT_DELTA, ledger.accountant, ledger.rounds)
+    return strict.run_epsilon(run_key)
+
+
+def round_seed(site: Site, server_round: int, *, stream: int) -> int:
+    """Seed of one release: OS entropy, or (dp.reproducible-noise, simulation) a config hash."""
+    reproducible = site.cfg.dp.reproducible_noise and site.simulated
+    label = f"{site.cfg.train.seed}/{site.name}/{server_round}/{stream}"
+    return noise_seed(reproducible=reproducible, label=label)
 
 
 def train_round(
@@ -188,81 +284,59 @@ def train_round(
 ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
     """Load the global state, spend budget if allowed, train; return (new state, metrics).
 
-    Returns ``(None, metrics)`` with ``declined = 1`` when this round would exceed the site's
-    privacy budget: the client refuses rather than overspend.
+    Returns ``(None, metrics)`` with ``declined = 1`` and a ``reason`` when the site's policy
+    or budget refuses the round: the client refuses rather than overspend.
     """
     cfg = site.cfg
-    if math.isfinite(site.max_epsilon) and (not cfg.dp.local or cfg.dp.epsilon > site.max_epsilon):
-        return None, {
-            "declined": 1,
-            "num-examples": 0,
-            "reason": f"{site.name} requires local "
-            f"DP with epsilon <= {site.max_epsilon} (node config max-epsilon); the run "
-            f"asks for dp.mode={cfg.dp.mode}, dp.epsilon={cfg.dp.epsilon}",
-        }
+    why = site.policy.decline_reason(cfg, simulated=site.simulated)
+    if why:
+        return declined(f"{site.name}: {why}")
     if len(site.trainees.trainable()) == 0:
-        return None, {
-            "declined": 1,
-            "num-examples": 0,
-            "reason": f"{site.name} has no user with two or more training interactions",
-        }
+        return declined(f"{site.name} has no user with two or more training interactions")
+    try:
+        plan = dp_plan(site)
+    except PrivacyError as exc:
+        return declined(f"{site.name}: {exc}")
+    if plan is not None:
+        why = site.policy.decline_reason(cfg, simulated=site.simulated, sigma=plan.sigma)
+        if why:
+            return declined(f"{site.name}: {why}")
     load_trainable_state(site.model, state)
-    plan = dp_plan(site)
-    events = []
+    kind = "prior" if collect_prior else "train"
     ledger = None
     if plan is not None:
         events = plan.prior_events() if collect_prior else plan.round_events()
         ledger = open_ledger(site, plan)
-        kind = "prior" if collect_prior else "train"
         if ledger.has_round(server_round, kind, run=run_key):
             # A redelivered round (e.g. the server restarted mid-round): re-send the output
             # already released for the same input instead of spending the budget again.
-            cached = _load_reply(site, server_round, kind, state, run_key)
+            cached = load_reply(site, server_round, kind, state, run_key)
             if cached is None:
                 raise PrivacyError(
-                    f"round {server_round} ({kind}) was already spent in {site.ledger_path} "
+                    f"round {server_round} ({kind}) was already spent in {ledger.path} "
                     "for a different global state (or its reply was lost); refusing to spend "
                     "it twice"
                 )
             return cached
-        if ledger.would_exceed(events):
-            return None, {
-                "declined": 1,
-                "num-examples": 0,
-                "epsilon": ledger.epsilon(),
-                "delta": plan.delta,
-                "reason": f"round {server_round} would exceed epsilon budget "
-                f"{cfg.dp.epsilon} (spent {ledger.epsilon():.4g})",
-            }
-        # Spend first: a crash mid-round must never leave spent budget unrecorded.
-        eps = ledger.record(server_round, kind, events, run=run_key)
-    if collect_prior and cfg.model.prior:
-        sigma = plan.prior_sigma if plan is not None else 0.0
-        hist = local_histogram(
-            site.trainees,
-            site.corpus.data.n_items,
-            recent=cfg.data.history_len,
-            sigma=sigma,
-            seed=_site_seed(site, server_round, stream=1),
-        )
-        with torch.no_grad():
-            # Average of per-site (hist / n_users) weighted by n_users = global sum / N.
-            site.model.prior.copy_(torch.from_numpy(hist / len(site.trainees)).float())
+        _, refusal = spend(
+            site, plan, ledger, server_round=server_round, kind=kind, events=events,
+            run_key=run_key,
+        )  # fmt: skip
+        if refusal:
+            return declined(f"{site.name}: {refusal}", epsilon=ledger.run_epsilon(run_key))
     if collect_prior:  # the prior round only releases the histogram; training starts next
-        out = {
-            "num-examples": len(site.trainees),
-            "unit-weight": 1,
-            "train_loss": 0.0,
-            "steps": 0,
-            "users-trained": 0,
-            "train-s": 0.0,
-            "declined": 0,
-        }
-        if plan is not None and ledger is not None:
-            out.update(
-                {"epsilon": eps, "delta": plan.delta, "sigma": plan.prior_sigma, "sample-rate": 1.0}
+        if cfg.model.prior:
+            hist = local_histogram(
+                site.trainees,
+                site.corpus.data.n_items,
+                recent=cfg.data.history_len,
+                sigma=plan.prior_sigma if plan is not None else 0.0,
+                seed=round_seed(site, server_round, stream=1),
             )
-        return _save_reply(
+            with torch.no_grad():  # the site's (noisy) sum; the server sums the sites'
+                site.model.prior.copy_(torch.from_numpy(hist).float())
+        out = reply_metrics(site, plan, ledger, run_key, stats=None)
+        return save_reply(
             site, server_round, "prior", state, trainable_state(site.model), out, run_key
         )
     anchor = trainable_state(site.model) if proximal_mu > 0 else None
@@ -274,31 +348,42 @@ def train_round(
         history_len=cfg.data.history_len,
         plan=plan,
         clip=cfg.dp.clip,
-        seed=_site_seed(site, server_round, stream=2),
+        seed=round_seed(site, server_round, stream=2),
         proximal_mu=proximal_mu,
         anchor=anchor,
     )
-    metrics: dict[str, Any] = {
-        "num-examples": len(site.trainees),
-        "unit-weight": 1,
-        "train_loss": stats.loss,
-        "steps": stats.steps,
-        "users-trained": stats.users_seen,
-        "train-s": stats.wall_s,
-        "declined": 0,
-    }
-    if plan is not None and ledger is not None:
-        metrics.update(
-            {
-                "epsilon": eps,
-                "delta": plan.delta,
-                "sigma": plan.sigma,
-                "sample-rate": plan.sample_rate,
-            }
-        )
-    return _save_reply(
+    metrics = reply_metrics(site, plan, ledger, run_key, stats=stats)
+    return save_reply(
         site, server_round, "train", state, trainable_state(site.model), metrics, run_key
     )
+
+
+def reply_metrics(
+    site: Site, plan: DPPlan | None, ledger: Ledger | None, run_key: str, *, stats: Any
+) -> dict[str, Any]:
+    """What a training reply says besides its arrays.
+
+    With local DP only released, data-independent values: equal FedAvg weights, the
+    privacy spent. Exact counts, losses and timings (which reveal the number of users and
+    depend on their data un-noised) only without DP or when the site's policy releases
+    diagnostics.
+    """
+    out: dict[str, Any] = {R_UNIT_WEIGHT: 1, "declined": 0}
+    if plan is not None and ledger is not None:
+        out.update(privacy_metrics(site, plan, ledger, run_key))
+        if site.cfg.dp.reproducible_noise:
+            out["reproducible-noise"] = 1
+    if plan is None or site.policy.release_diagnostics:
+        out.update(
+            {
+                "num-examples": len(site.trainees),
+                "train_loss": stats.loss if stats else 0.0,
+                "steps": stats.steps if stats else 0,
+                "users-trained": stats.users_seen if stats else 0,
+                "train-s": stats.wall_s if stats else 0.0,
+            }
+        )
+    return out
 
 
 def _reply_path(site: Site, server_round: int, kind: str, run_key: str) -> Path | None:
@@ -310,7 +395,7 @@ def _reply_path(site: Site, server_round: int, kind: str, run_key: str) -> Path 
     )
 
 
-def _save_reply(
+def save_reply(
     site: Site,
     server_round: int,
     kind: str,
@@ -333,7 +418,7 @@ def _save_reply(
     return state, metrics
 
 
-def _load_reply(
+def load_reply(
     site: Site, server_round: int, kind: str, received: dict[str, np.ndarray], run_key: str
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     path = _reply_path(site, server_round, kind, run_key)
@@ -344,16 +429,6 @@ def _load_reply(
         if meta["digest"] != state_digest(received):
             return None
         return {k[2:]: z[k] for k in z.files if k.startswith("a/")}, meta["metrics"]
-
-
-def _site_seed(site: Site, server_round: int, *, stream: int) -> int:
-    """Seed of one site's sampling and DP noise in one round.
-
-    Distinct per site: identical noise at every site would not average out in FedAvg (the
-    aggregate would carry K times one site's noise instead of sqrt(K) times).
-    """
-    digest = hashlib.sha256(f"{site.cfg.train.seed}/{site.name}/{server_round}/{stream}".encode())
-    return int.from_bytes(digest.digest()[:4], "little")
 
 
 def initial_state(site: Site) -> dict[str, np.ndarray]:

@@ -155,6 +155,14 @@ class TrainConfig:
         _check(self.eval_users >= 0, "train.eval-users", self.eval_users, "must be >= 0 (0 = all)")
 
 
+# delta is at most this, and at most 1/(10 x users protected) (see `common.privacy`).
+MAX_DELTA = 1e-5
+# Strategies whose aggregate is the (weighted) mean of the updates: the only ones central DP
+# accounts for. Krum releases one update, FedTrimmedAvg an order statistic, QFedAvg weighs
+# updates by raw losses; none is covered by the mean-of-clipped-updates accounting.
+MEAN_STRATEGIES = ("fedavg", "fedprox")
+
+
 @dataclass(frozen=True)
 class DPConfig:
     """Differential privacy: mode, budget and mechanism."""
@@ -166,7 +174,9 @@ class DPConfig:
     clip: float
     accountant: str
     prior_share: float
+    eval_share: float
     ledger_dir: str
+    reproducible_noise: bool
 
     def __post_init__(self) -> None:
         _check(
@@ -176,7 +186,13 @@ class DPConfig:
             "must be one of 'none', 'local', 'central'",
         )
         _check(self.epsilon > 0, "dp.epsilon", self.epsilon, "must be > 0 ('inf' = no budget)")
-        _check(0.0 <= self.delta < 1.0, "dp.delta", self.delta, "must be in [0, 1) (0 = 1/users)")
+        _check(
+            0.0 <= self.delta <= MAX_DELTA,
+            "dp.delta",
+            self.delta,
+            f"must be in [0, {MAX_DELTA:g}] (0 = min({MAX_DELTA:g}, 1/(10 x users protected)), "
+            "rounded down to a power of ten)",
+        )
         _check(
             self.noise_multiplier >= 0,
             "dp.noise-multiplier",
@@ -191,7 +207,17 @@ class DPConfig:
             "must be 'prv' or 'rdp'",
         )
         _check(
-            0.0 <= self.prior_share < 1.0, "dp.prior-share", self.prior_share, "must be in [0, 1)"
+            0.0 < self.prior_share < 1.0,
+            "dp.prior-share",
+            self.prior_share,
+            "must be in (0, 1) (0 would release the exact histogram; turn the prior off with "
+            "model.prior = false)",
+        )
+        _check(
+            0.0 <= self.eval_share < 1.0 and self.prior_share + self.eval_share < 1.0,
+            "dp.eval-share",
+            self.eval_share,
+            "must be in [0, 1) with dp.prior-share + dp.eval-share < 1",
         )
         if self.mode == "local" and math.isinf(self.epsilon) and self.noise_multiplier == 0:
             raise ConfigError(
@@ -375,7 +401,7 @@ def parse_config(
         for part in attr[:-1]:
             node = node.setdefault(part, {})
         node[attr[-1]] = value
-    return RunConfig(
+    cfg = RunConfig(
         data=DataConfig(**values["data"]),
         model=ModelConfig(**{**values["model"], "lora": LoraConfig(**values["model"]["lora"])}),
         train=TrainConfig(**values["train"]),
@@ -383,6 +409,27 @@ def parse_config(
         fed=FedConfig(**values["fed"]),
         audit=AuditConfig(**values["audit"]),
     )
+    check_strategy_privacy(cfg.dp.mode, cfg.fed.strategy)
+    return cfg
+
+
+def check_strategy_privacy(mode: str, strategy: str) -> None:
+    """Refuse aggregators whose release the privacy accounting does not describe.
+
+    Central DP accounts the mean of clipped updates; QFedAvg also needs every site's raw
+    training loss, which no DP site releases.
+    """
+    if mode == "central" and strategy not in MEAN_STRATEGIES:
+        raise ConfigError(
+            f"`fed.strategy` = {strategy!r} cannot be used with dp.mode = 'central': its "
+            f"aggregate is not the mean of clipped updates that central DP accounts for "
+            f"(use one of {MEAN_STRATEGIES})."
+        )
+    if mode == "local" and strategy == "qfedavg":
+        raise ConfigError(
+            "`fed.strategy` = 'qfedavg' cannot be used with dp.mode = 'local': it weighs "
+            "updates by each site's raw training loss, which a DP site does not release."
+        )
 
 
 def _coerce(key: str, value: Any, proto: Any) -> ConfigValue:

@@ -118,3 +118,11 @@ def evaluate_scores(
         kn = [known[i] for i in r]
         ev.add(data.users[r], score(r, kn), targets[r], kn)
     return ev
+
+
+def item_cache_path(cache_dir: str, state_digest: str) -> Path:
+    """Where the item matrix of one trainable state is cached (shared by all parties)."""
+    from common.catalogue import default_cache_dir
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    return root / "items" / f"{state_digest}.npy"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import secrets
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,6 +26,68 @@ ACCOUNTANTS = ("prv", "rdp")
 
 class PrivacyError(RuntimeError):
     """Privacy accounting cannot proceed safely (budget exceeded, corrupt ledger, ...)."""
+
+
+ZERO_NOISE_ENV = "FEDREC_TEST_ONLY_ZERO_NOISE"
+
+
+def test_only_zero_noise() -> bool:
+    """Whether ``$FEDREC_TEST_ONLY_ZERO_NOISE`` is ``1``: DP noise is then zeroed. TEST ONLY.
+
+    This BREAKS PRIVACY ON PURPOSE: DP-SGD steps and the popularity histogram are released
+    without noise, while planning, accounting, ledgers and reports still claim the usual
+    epsilon. It exists only so that a test can show the privacy audit has power (it must
+    report FAIL on such a run); never set it anywhere else. Every use warns loudly.
+    """
+    if os.environ.get(ZERO_NOISE_ENV, "") != "1":
+        return False
+    warnings.warn(
+        f"{ZERO_NOISE_ENV}=1: DP NOISE IS DISABLED (test only); this run is NOT private and "
+        "its reported epsilon is false",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return True
+
+
+# Every figure is also reported at this stricter delta.
+REPORT_DELTA = 1e-6
+
+
+def noise_seed(*, reproducible: bool, label: str) -> int:
+    """Seed of one release's noise and sampling: 63 bits of OS entropy (`secrets`).
+
+    Nothing the server knows (run config, site name, round) predicts it, and two runs never
+    share noise. Only with ``reproducible=True`` (`dp.reproducible-noise`, a simulation switch
+    that deployed sites refuse) is it a hash of `label`, which makes the noise predictable by
+    anyone who knows `label`: such runs are marked not private against the server.
+    """
+    if reproducible:
+        return int.from_bytes(hashlib.sha256(label.encode()).digest()[:8], "little") >> 1
+    return secrets.randbits(63)
+
+
+def default_delta(protected_users: int, max_delta: float) -> float:
+    """min(`max_delta`, 1/(10 x users protected)), rounded down to a power of ten.
+
+    1/n would admit a mechanism that publishes one whole user; the rounding makes the delta a
+    site reports reveal its user count only to within a factor of ten.
+    """
+    if protected_users < 1:
+        raise ValueError(f"`protected_users` must be >= 1, got {protected_users}.")
+    if not 0 < max_delta < 1:
+        raise ValueError(f"`max_delta` must be in (0, 1), got {max_delta}.")
+    bound = min(max_delta, 1.0 / (10 * protected_users))
+    return float(10.0 ** math.floor(math.log10(bound) + 1e-12))
+
+
+def check_delta(delta: float, protected_users: int) -> None:
+    """Raise `PrivacyError` if `delta` is above 1/(10 x users protected)."""
+    if delta > 1.0 / (10 * protected_users):
+        raise PrivacyError(
+            f"delta {delta:g} is above 1/(10 x users protected) for this party's users; "
+            "such a delta admits releasing a whole user"
+        )
 
 
 def epsilon_of(events: Sequence[Event], *, delta: float, accountant: str = "prv") -> float:
@@ -128,6 +192,7 @@ class Ledger:
     accountant: str = "prv"
     rounds: list[dict[str, float | int | str]] = field(default_factory=list)
     path: Path | None = None
+    data_key: str = ""  # fingerprint of the data this ledger accounts for (one per data set)
 
     @property
     def events(self) -> list[Event]:
@@ -139,6 +204,15 @@ class Ledger:
         return epsilon_of(
             [*self.events, *extra], delta=self.delta, accountant=accountant or self.accountant
         )
+
+    def run_epsilon(self, run: str, extra: Sequence[Event] = ()) -> float:
+        """Epsilon of the events of one run (``run`` = its key), optionally with `extra`."""
+        mine = [
+            (float(r["sigma"]), float(r["q"]), int(r["steps"]))
+            for r in self.rounds
+            if r.get("run", "") == run
+        ]
+        return epsilon_of([*mine, *extra], delta=self.delta, accountant=self.accountant)
 
     def would_exceed(self, extra: Sequence[Event]) -> bool:
         """Whether running `extra` would take epsilon above the budget."""
@@ -205,6 +279,7 @@ class Ledger:
             "rounds": self.rounds,
             "unit": "user",
             "epsilon": self.epsilon(),
+            **({"data_key": self.data_key} if self.data_key else {}),
         }
 
     def save(self) -> None:

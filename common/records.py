@@ -14,6 +14,8 @@ NUM_EXAMPLES = "num-examples"  # weight for FedAvg: users trained / evaluated
 UNIT_WEIGHT = "unit-weight"  # always 1: the weight key under central DP (unweighted mean)
 TRAIN_LOSS = "train_loss"  # key QFedAvg reads
 DECLINED = "declined"  # 1.0 when a client refused to train (budget exhausted)
+DECLINE = "decline"  # the ConfigRecord of a refusal: why the site declined (its `REASON`)
+REASON = "reason"
 PER_USER_PREFIX = "per-user-"  # list-valued per-user metrics (fairness studies)
 EXPOSURE_COUNTS = "exposure-counts@10"  # per-item top-10 counts, summed across clients
 

@@ -13,7 +13,7 @@ from common.catalogue import Catalogue, build_catalogue
 from common.config import DataConfig, ModelConfig, RunConfig
 from common.data import Interactions, load_dataset
 from common.model import RecModel
-from common.privacy import user_histogram
+from common.privacy import test_only_zero_noise, user_histogram
 from common.split import Split, dominant_genre, leave_one_out, partition_users
 from common.train import LocalData
 
@@ -132,7 +132,7 @@ def local_histogram(
     ``N(0, sigma^2)`` per item is the Gaussian mechanism at user level.
     """
     hist = user_histogram(local.train, n_items, recent=recent)
-    if sigma > 0:
+    if sigma > 0 and not test_only_zero_noise():
         hist = hist + np.random.default_rng(seed).normal(0.0, sigma, size=n_items)
     elif sigma < 0 or math.isnan(sigma):
         raise ValueError(f"histogram noise must be >= 0, got {sigma}")

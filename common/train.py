@@ -15,9 +15,16 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from common.catalogue import Catalogue
-from common.config import DPConfig, TrainConfig
+from common.config import MAX_DELTA, DPConfig, TrainConfig
 from common.model import RecModel
-from common.privacy import Event, calibrate_noise, gaussian_sigma_for
+from common.privacy import (
+    Event,
+    calibrate_noise,
+    check_delta,
+    default_delta,
+    gaussian_sigma_for,
+    test_only_zero_noise,
+)
 
 
 @dataclass
@@ -125,13 +132,14 @@ def regroup_grad_samples(model: RecModel, n_users: int) -> None:
 
 @dataclass
 class DPPlan:
-    """Noise and sampling for one client's DP-SGD over the whole run."""
+    """Noise and sampling for one party's DP releases over the whole run."""
 
     sigma: float
     sample_rate: float
     steps_per_round: int
     prior_sigma: float
     delta: float
+    eval_sigma: float = 0.0  # noise of each evaluation release (0: evaluation not noised)
 
     def round_events(self) -> list[Event]:
         """Accountant events of one training round."""
@@ -140,6 +148,10 @@ class DPPlan:
     def prior_events(self) -> list[Event]:
         """Accountant event of the one-off DP popularity histogram."""
         return [(self.prior_sigma, 1.0, 1)] if self.prior_sigma > 0 else []
+
+    def eval_events(self) -> list[Event]:
+        """Accountant event of one noised evaluation release (sensitivity: one user)."""
+        return [(self.eval_sigma, 1.0, 1)] if self.eval_sigma > 0 else []
 
 
 def plan_dp(
@@ -150,27 +162,45 @@ def plan_dp(
     rounds: int,
     use_prior: bool,
     protected_users: int | None = None,
+    eval_releases: int = 0,
+    max_delta: float = MAX_DELTA,
 ) -> DPPlan:
-    """Calibrate noise so that the prior release plus `rounds` rounds end at `dp.epsilon`.
+    """Calibrate noise so that prior + `eval_releases` evaluations + `rounds` rounds end at epsilon.
 
     `n_users` users can be sampled for DP-SGD (sample rate ``batch_users / n_users``);
     `protected_users` (default `n_users`) is everyone whose data the party uses (the
-    popularity histogram also counts users too short to train on): delta = 1/protected_users.
+    popularity histogram also counts users too short to train on). delta is `dp.delta`, or
+    min(`max_delta`, 1/(10 x protected users)) rounded down to a power of ten; a delta above
+    1/(10 x protected users) raises `PrivacyError`. The prior gets `dp.prior-share` of epsilon,
+    the evaluation releases `dp.eval-share` (split over `eval_releases`), training the rest.
     """
     if n_users < 1:
         raise ValueError("cannot plan DP-SGD for a client with no trainable users")
     protected = max(protected_users or n_users, n_users)
-    delta = dp.delta or 1.0 / protected
+    delta = dp.delta or default_delta(protected, max_delta)
+    check_delta(delta, protected)
     q = min(1.0, train.batch_users / n_users)
     steps = max(1, math.ceil(train.epochs / q))
-    prior_sigma = 0.0
-    if use_prior and math.isinf(dp.epsilon):  # fixed noise, no budget: same noise for the prior
-        prior_sigma = dp.noise_multiplier
-    elif use_prior and dp.prior_share > 0:
-        prior_sigma = gaussian_sigma_for(
-            dp.prior_share * dp.epsilon, delta=delta, accountant=dp.accountant
-        )
-    prior_events = [(prior_sigma, 1.0, 1)] if prior_sigma else []
+    prior_sigma = eval_sigma = 0.0
+    if math.isinf(dp.epsilon):  # fixed noise, no budget: the same noise for every release
+        prior_sigma = dp.noise_multiplier if use_prior else 0.0
+        eval_sigma = dp.noise_multiplier if eval_releases else 0.0
+    else:
+        if use_prior:
+            prior_sigma = gaussian_sigma_for(
+                dp.prior_share * dp.epsilon, delta=delta, accountant=dp.accountant
+            )
+        if eval_releases and dp.eval_share > 0:
+            eval_sigma = calibrate_noise(
+                target_epsilon=dp.eval_share * dp.epsilon,
+                delta=delta,
+                sample_rate=1.0,
+                steps=eval_releases,
+                accountant=dp.accountant,
+            )
+    fixed = [(prior_sigma, 1.0, 1)] if prior_sigma else []
+    if eval_sigma:
+        fixed.append((eval_sigma, 1.0, eval_releases))
     if dp.noise_multiplier > 0:
         sigma = dp.noise_multiplier
     else:
@@ -179,10 +209,10 @@ def plan_dp(
             delta=delta,
             sample_rate=q,
             steps=steps * rounds,
-            prior_events=prior_events,
+            prior_events=fixed,
             accountant=dp.accountant,
         )
-    return DPPlan(sigma, q, steps, prior_sigma, delta)
+    return DPPlan(sigma, q, steps, prior_sigma, delta, eval_sigma)
 
 
 def negative_distribution(
@@ -249,7 +279,7 @@ def train(
         gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
         opt = DPOptimizer(
             opt,
-            noise_multiplier=plan.sigma,
+            noise_multiplier=0.0 if test_only_zero_noise() else plan.sigma,
             max_grad_norm=clip,
             expected_batch_size=max(1, round(plan.sample_rate * n)),
             loss_reduction="mean",

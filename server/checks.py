@@ -8,6 +8,7 @@ from flwr.app import Message
 from common import records as R
 from common.config import RunConfig
 from common.model import PRIOR_KEY
+from server.strategies import weight_key
 
 
 def check_update(
@@ -23,9 +24,10 @@ def check_update(
     if rec is None:
         return "no ArrayRecord in the reply"
     metrics = reply.content.metric_records.get(R.METRICS)
-    n = None if metrics is None else metrics.get(R.NUM_EXAMPLES)
+    key = weight_key(cfg)
+    n = None if metrics is None else metrics.get(key)
     if not isinstance(n, int | float) or not np.isfinite(n) or n <= 0:
-        return f"`{R.NUM_EXAMPLES}` missing or not positive ({n!r})"
+        return f"`{key}` missing or not positive ({n!r})"
     names = set(rec.keys())
     if names != set(global_state):
         return (

@@ -17,11 +17,12 @@ from flwr.serverapp.strategy import Strategy
 
 from common import records as R
 from common.central_dp import calibrate_central, central_epsilon, round_release, top_up_noise
-from common.config import RunConfig
+from common.config import MAX_DELTA, RunConfig
+from common.privacy import check_delta, default_delta
 from common.model import PRIOR_KEY
 from server.checkpoint import Checkpoint
 from server.checks import check_update
-from server.report import aggregate_eval, finish_run
+from server.report import PRIVACY_KEYS, aggregate_eval, finish_run
 from server.strategies import clients_per_round, create_strategy
 
 log = logging.getLogger("flwr.fedrec")
@@ -48,7 +49,8 @@ def central_sigma(cfg: RunConfig, n_clients: int) -> tuple[float, float, float]:
     """
     m = clients_per_round(cfg, n_clients)
     q = m / n_clients
-    delta = cfg.dp.delta or 1.0 / n_clients
+    delta = cfg.dp.delta or default_delta(n_clients, MAX_DELTA)
+    check_delta(delta, n_clients)
     if cfg.dp.mode != "central":
         return 0.0, q, delta
     if cfg.fed.central_noise > 0:
@@ -71,6 +73,7 @@ def run_federation(
     *,
     save_adapter_fn: Any = None,
     baselines_fn: Any = None,
+    evaluate_fn: Any = None,
 ) -> dict[str, Any]:
     """Run (or resume) `fed.rounds` rounds; return the final results dictionary."""
     nodes = wait_for_nodes(grid, cfg.fed.min_clients)
@@ -78,6 +81,8 @@ def run_federation(
     sigma, q, delta = central_sigma(cfg, n_clients)
     strategy: Strategy = create_strategy(cfg, n_clients, central_sigma=sigma)
     ckpt = Checkpoint(out, cfg)
+    if evaluate_fn is not None:  # a factory of the server-side evaluation, given the nodes
+        evaluate_fn = evaluate_fn(n_clients)
     # Same config (incl. fed.out-dir) = the same training, also after a server restart: the
     # sites key their ledger entries and redelivery cache by it; round numbers restart per run.
     flat = json.dumps(cfg.flat(), sort_keys=True, default=str)
@@ -121,7 +126,7 @@ def run_federation(
             if reply.has_error():
                 row["dropped"] = f"error: {reply.error.reason}"
             elif _declined(reply):
-                row["dropped"] = "declined (privacy budget)"
+                row["dropped"] = f"declined: {decline_reason(reply)}"
             else:
                 problem = check_update(
                     reply, arrays, cfg, prior_round=bool(config[R.COLLECT_PRIOR])
@@ -179,16 +184,32 @@ def run_federation(
             strategy.configure_evaluate(
                 rnd,
                 new,
-                ConfigRecord({R.EVAL_SPLIT: "test", R.PER_USER: cfg.fed.per_user_metrics}),
+                ConfigRecord(
+                    {
+                        R.EVAL_SPLIT: "test",
+                        R.PER_USER: cfg.fed.per_user_metrics,
+                        R.ROUND: rnd,
+                        R.RUN_KEY: run_key,
+                    }
+                ),
                 grid,
             )
         )
-        ev_replies = [
-            r
-            for r in grid.send_and_receive(eval_msgs, timeout=cfg.fed.round_timeout)
-            if not r.has_error()
-        ]
-        evaluation = aggregate_eval(ev_replies)
+        ev_replies, eval_declined = [], []
+        for r in grid.send_and_receive(eval_msgs, timeout=cfg.fed.round_timeout):
+            if r.has_error():
+                continue
+            if _declined(r):
+                why = decline_reason(r)
+                log.warning("[fedrec] round %d: node %s declines evaluation: %s", rnd,
+                            r.metadata.src_node_id, why)  # fmt: skip
+                eval_declined.append({"node": int(r.metadata.src_node_id), "reason": why})
+            else:
+                ev_replies.append(r)
+        site_eval = aggregate_eval(ev_replies)
+        # In simulation the server holds the data and evaluates itself (nothing released by
+        # a site); the sites' (noised) aggregate is kept beside it.
+        evaluation = evaluate_fn(arrays) if evaluate_fn is not None else site_eval
         row_out: dict[str, Any] = {
             "round": rnd,
             "wall_s": time.perf_counter() - t0,
@@ -196,6 +217,20 @@ def run_federation(
             "n_aggregated": len(good),
             "train": dict(train_metrics or {}),
             "eval": evaluation,
+            "site_eval": site_eval,
+            "eval_declined": eval_declined,
+            "eval_privacy": [
+                {
+                    "node": int(r.metadata.src_node_id),
+                    **{
+                        k: float(v)
+                        for k, v in r.content.metric_records[R.METRICS].items()
+                        if k in PRIVACY_KEYS and k != R.DECLINED
+                    },
+                }
+                for r in ev_replies
+                if "epsilon" in r.content.metric_records[R.METRICS]
+            ],
         }
         if cfg.dp.mode == "central":
             row_out["central_release"] = list(release) if release else None
@@ -231,16 +266,15 @@ def run_federation(
 
 
 def aggregate_prior(replies: list[Message], state: dict[str, np.ndarray]) -> ArrayRecord:
-    """Round 0: the user-weighted mean of the sites' ``hist_k / n_k`` = (sum of hists) / N.
+    """Round 0: the sum of the sites' (noisy) histograms.
 
-    Only the prior changes; the trainable arrays stay the initial ones.
+    Sites send sums, not means, so no site reveals its user count; the prior is used only up
+    to scale (standardised log-popularity, normalised negative sampling). Only the prior
+    changes; the trainable arrays stay the initial ones.
     """
-    metrics: list[Any] = [r.content.metric_records[R.METRICS] for r in replies]
-    weights = [float(m[R.NUM_EXAMPLES]) for m in metrics]
     priors = [R.from_record(r.content.array_records[R.ARRAYS])[PRIOR_KEY] for r in replies]
-    prior = sum(w * p.astype(np.float64) for w, p in zip(weights, priors, strict=True))
-    mean = np.asarray(prior, dtype=np.float64) / sum(weights)
-    return R.to_record({**state, PRIOR_KEY: mean.astype(np.float32)})
+    total = np.sum([p.astype(np.float64) for p in priors], axis=0)
+    return R.to_record({**state, PRIOR_KEY: total.astype(np.float32)})
 
 
 def _node_of(reply: Message, sent_to: dict[str, int]) -> int:
@@ -262,6 +296,12 @@ def _client_row(reply: Message, sent_to: dict[str, int]) -> dict[str, Any]:
     rec = reply.content.array_records.get(R.ARRAYS)
     row["bytes_up"] = int(sum(a.numpy().nbytes for a in rec.values())) if rec else 0
     return row
+
+
+def decline_reason(reply: Message) -> str:
+    """The reason a site gave for declining (its ``decline`` ConfigRecord)."""
+    rec = reply.content.config_records.get(R.DECLINE)
+    return str(rec.get(R.REASON, "no reason given")) if rec is not None else "no reason given"
 
 
 def _declined(reply: Message) -> bool:

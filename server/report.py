@@ -16,6 +16,9 @@ from common.config import RunConfig
 from common.exposure import exposure_summary
 from simulations.io import write_json_atomic
 
+# Per-site privacy figures in a reply: reported per site, never averaged as metrics.
+PRIVACY_KEYS = ("epsilon", "delta", "epsilon-at-1e-6", "ledger-epsilon", R.DECLINED)
+
 
 def aggregate_eval(replies: list[Message]) -> dict[str, Any]:
     """User-weighted mean of scalar metrics; per-user lists concatenated; per-client values."""
@@ -28,7 +31,9 @@ def aggregate_eval(replies: list[Message]) -> dict[str, Any]:
     out: dict[str, Any] = {"n_users": total, "n_clients": len(rows)}
     if not rows or total <= 0:
         return out
-    keys = {k for m in rows for k, v in m.items() if not isinstance(v, list)} - {R.NUM_EXAMPLES}
+    keys = {k for m in rows for k, v in m.items() if not isinstance(v, list)} - {
+        R.NUM_EXAMPLES, *PRIVACY_KEYS
+    }  # fmt: skip
     for k in sorted(keys):
         have = [m for m in rows if k in m]
         weight = sum(float(m[R.NUM_EXAMPLES]) for m in have)
@@ -57,23 +62,45 @@ def _privacy(
     cfg: RunConfig, history: list[dict[str, Any]], central: dict[str, Any]
 ) -> dict[str, Any]:
     per_client: dict[str, float] = {}
+    strict: dict[str, float] = {}
+    ledger: dict[str, float] = {}
+    # A site's epsilon after a round: its training reply, then its (noised) evaluation.
     for row in history:
-        for c in row["clients"]:
+        for c in [*row["clients"], *row.get("eval_privacy", [])]:
             if "epsilon" in c:
                 per_client[str(c["node"])] = float(c["epsilon"])
+            if "epsilon-at-1e-6" in c:
+                strict[str(c["node"])] = float(c["epsilon-at-1e-6"])
+            if "ledger-epsilon" in c:
+                ledger[str(c["node"])] = float(c["ledger-epsilon"])
+    declines = [
+        {"round": row["round"], "node": c["node"], "reason": c["dropped"]}
+        for row in history
+        for c in row["clients"]
+        if str(c.get("dropped", "")).startswith("declined")
+    ] + [{"round": row["round"], "phase": "evaluate", **d} for row in history
+         for d in row.get("eval_declined", [])]  # fmt: skip
     if cfg.dp.mode == "local":
         eps = max(per_client.values()) if per_client else 0.0
         deltas = [c["delta"] for row in history for c in row["clients"] if "delta" in c]
+        reproducible = cfg.dp.reproducible_noise
         return {
             "unit": "user",
             "mode": "local",
             "trust_model": "each site is trusted with its own users; the server and other "
-            "sites see only DP-SGD outputs (user-level DP per site)",
+            "sites see only DP outputs (DP-SGD updates, the noised prior and noised "
+            "evaluation aggregates; user-level DP per site, noise from OS entropy)",
+            "private_against_server": not reproducible,
+            "reproducible_noise": reproducible,
             "epsilon": eps,
             "target_epsilon": cfg.dp.epsilon,
             "delta": max(deltas) if deltas else None,
+            "epsilon_at_delta_1e-6": max(strict.values()) if strict else None,
             "accountant": cfg.dp.accountant,
             "per_client_epsilon": per_client,
+            "per_client_epsilon_at_1e-6": strict,
+            "per_client_ledger_epsilon": ledger,
+            "declines": declines,
         }
     if cfg.dp.mode == "central":
         eps = history[-1].get("central_epsilon", 0.0) if history else 0.0
@@ -88,6 +115,9 @@ def _privacy(
             "accountant": "rdp (Flower's RdpAccountant / dp-accounting)",
             "neighbouring": RELATION,
             "sampling": SAMPLING,
+            "private_against_server": False,
+            "reproducible_noise": False,
+            "declines": declines,
             "noise_multiplier": central["sigma"],
             "sample_rate": central["q"],
             "clip": cfg.fed.central_clip,
@@ -96,6 +126,8 @@ def _privacy(
         "unit": "user",
         "mode": "none",
         "trust_model": "no formal privacy",
+        "private_against_server": False,
+        "declines": declines,
         "epsilon": math.inf,
         "delta": None,
         "accountant": None,

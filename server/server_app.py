@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from common import records as R
 from common.config import RunConfig, parse_config
 from common.model import PRIOR_KEY, RecModel, load_trainable_state, save_adapter, trainable_state
 from common.task import device, load_corpus
+from server.evaluation import EvaluateFn, server_evaluator
 from server.federation import run_federation, wait_for_nodes
 
 app = ServerApp()
@@ -45,6 +47,7 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(cfg.fed.out_dir)
     torch.manual_seed(cfg.train.seed)
     baselines: Callable[[], dict[str, Any]] | None = None
+    evaluate: Callable[[int], EvaluateFn] | None = None
     if cfg.fed.server_data:
         corpus = load_corpus(cfg.data)
 
@@ -58,6 +61,7 @@ def main(grid: Grid, context: Context) -> None:
             cfg.model, n_items=n_items, history_len=cfg.data.history_len, device=device()
         )
         initial = trainable_state(model)
+        evaluate = functools.partial(server_evaluator, cfg)  # built once the nodes are known
     else:
         initial = initial_from_node(grid, cfg)
         model = RecModel(
@@ -75,4 +79,12 @@ def main(grid: Grid, context: Context) -> None:
         load_trainable_state(model, state)
         save_adapter(model, folder)
 
-    run_federation(grid, cfg, initial, out, save_adapter_fn=save, baselines_fn=baselines)
+    run_federation(
+        grid,
+        cfg,
+        initial,
+        out,
+        save_adapter_fn=save,
+        baselines_fn=baselines,
+        evaluate_fn=evaluate,
+    )

@@ -16,13 +16,11 @@ from flwr.serverapp.strategy import (
 )
 
 from common import records as R
-from common.config import RunConfig
+from common.config import RunConfig, check_strategy_privacy
 
 
 def _common(cfg: RunConfig, n_clients: int) -> dict[str, Any]:
-    # Central DP-FedAvg needs an unweighted mean (each client moves it by at most clip / m);
-    # otherwise FedAvg weights by users.
-    weight = R.UNIT_WEIGHT if cfg.dp.mode == "central" else R.NUM_EXAMPLES
+    weight = weight_key(cfg)
     return {
         "fraction_train": cfg.fed.fraction_train,
         "fraction_evaluate": cfg.fed.fraction_evaluate,
@@ -49,6 +47,16 @@ STRATEGIES: dict[str, Callable[[RunConfig, int], Strategy]] = {
 }
 
 
+def weight_key(cfg: RunConfig) -> str:
+    """The metric FedAvg weighs updates by.
+
+    Central DP needs an unweighted mean (each client moves it by at most clip / m); a local-DP
+    site does not release its exact user count, so its update weighs as much as any other's.
+    Only without DP are updates weighted by users.
+    """
+    return R.NUM_EXAMPLES if cfg.dp.mode == "none" else R.UNIT_WEIGHT
+
+
 def clients_per_round(cfg: RunConfig, n_clients: int) -> int:
     """How many clients Flower's strategies sample per training round.
 
@@ -65,6 +73,7 @@ def create_strategy(cfg: RunConfig, n_clients: int, *, central_sigma: float = 0.
         raise ValueError(
             f"`fed.strategy` must be one of {sorted(STRATEGIES)}, got {cfg.fed.strategy!r}."
         ) from None
+    check_strategy_privacy(cfg.dp.mode, cfg.fed.strategy)
     strategy = factory(cfg, n_clients)
     if cfg.dp.mode == "central":
         strategy = DifferentialPrivacyServerSideFixedClipping(

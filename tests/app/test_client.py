@@ -62,17 +62,27 @@ def test_train_reply_carries_only_the_trainable_state_and_its_metrics(
     assert changed == set(sent) - {"prior"}
 
     m = _metrics(reply)
-    assert m["num-examples"] == _partition_size(cfg) > 0
+    # under local DP: equal FedAvg weights, no exact count, loss or step count
+    assert m[R.UNIT_WEIGHT] == 1 and "num-examples" not in m and "train_loss" not in m
     assert m["declined"] == 0
-    assert math.isfinite(m["train_loss"])
-    assert m["steps"] >= 1
     assert 0 < m["epsilon"] <= cfg.dp.epsilon
-    assert 0 < m["delta"] < 1
+    assert 0 < m["delta"] <= 1e-5
+    assert m["epsilon"] < m["epsilon-at-1e-6"]
 
     ledger = json.loads(_ledger(run_config).read_text())
     assert ledger["epsilon"] == pytest.approx(m["epsilon"])
     assert {r["round"] for r in ledger["rounds"]} == {1}
     assert ctx.state.config_records["privacy"]["epsilon"] == pytest.approx(m["epsilon"])
+
+
+def test_a_site_policy_may_release_exact_diagnostics(
+    run_config: dict[str, Any], cfg: RunConfig, fresh_state: Callable[[], State]
+) -> None:
+    ctx = make_context(run_config)
+    ctx.node_config["release-diagnostics"] = True
+    m = _metrics(client_app.train(train_msg(fresh_state(), 1), ctx))
+    assert m["num-examples"] == _partition_size(cfg) > 0
+    assert math.isfinite(m["train_loss"]) and m["steps"] >= 1
 
 
 def test_epsilon_accumulates_over_rounds_in_the_ledger(
@@ -172,9 +182,9 @@ def test_evaluate_reports_ranking_metrics_of_the_partition(
     fresh_state: Callable[[], State],
     per_user: bool,
 ) -> None:
-    reply = client_app.evaluate(
-        eval_msg(fresh_state(), per_user=per_user), make_context(run_config)
-    )
+    ctx = make_context(run_config)
+    ctx.node_config.update({"release-eval": "plain", "release-per-user": True})
+    reply = client_app.evaluate(eval_msg(fresh_state(), per_user=per_user), ctx)
 
     assert not reply.has_error()
     assert not reply.content.array_records  # evaluation sends nothing back but metrics
@@ -200,14 +210,28 @@ def test_evaluate_reports_ranking_metrics_of_the_partition(
     assert np.mean(lists["per-user-ndcg@10"]) == pytest.approx(m["ndcg@10"])
 
 
+def test_a_default_evaluation_is_noised_and_accounted(
+    run_config: dict[str, Any], cfg: RunConfig, fresh_state: Callable[[], State]
+) -> None:
+    ctx = make_context(run_config)
+    reply = client_app.evaluate(eval_msg(fresh_state(), per_user=True), ctx)
+    m = _metrics(reply)
+    assert m["noised"] == 1 and 0 < m["epsilon"] <= cfg.dp.epsilon
+    assert not any(isinstance(v, list) for v in m.values())  # no per-user vectors
+    assert "coverage@10" not in m  # only the accounted per-user means and a noisy count
+    ledger = json.loads(_ledger(run_config).read_text())
+    assert [r["kind"] for r in ledger["rounds"]] == ["eval-test"]
+    assert ledger["epsilon"] == pytest.approx(m["epsilon"])
+
+
 def test_second_partition_evaluates_its_own_users(
     run_config: dict[str, Any], cfg: RunConfig, fresh_state: Callable[[], State]
 ) -> None:
     msg = eval_msg(fresh_state(), per_user=True)
-    users = [
-        set(_metrics(client_app.evaluate(msg, make_context(run_config, pid)))["per-user-user"])
-        for pid in (0, 1)
-    ]
+    contexts = [make_context(run_config, pid) for pid in (0, 1)]
+    for ctx in contexts:
+        ctx.node_config.update({"release-eval": "plain", "release-per-user": True})
+    users = [set(_metrics(client_app.evaluate(msg, ctx))["per-user-user"]) for ctx in contexts]
     assert not users[0] & users[1]
     assert len(users[0] | users[1]) == load_corpus(cfg.data).data.n_users
 
@@ -272,6 +296,6 @@ def test_prior_round_releases_the_histogram_without_training(
     for k in sent:
         if k != "prior":
             np.testing.assert_array_equal(got[k], sent[k], err_msg=k)  # nothing trained
-    assert m["steps"] == 0 and 0 < m["epsilon"] < cfg.dp.epsilon
+    assert "steps" not in m and 0 < m["epsilon"] < cfg.dp.epsilon
     ledger = json.loads(_ledger(run_config).read_text())
     assert [r["kind"] for r in ledger["rounds"]] == ["prior"]

@@ -25,6 +25,23 @@ GLOBAL: State = {
 }
 
 
+@pytest.fixture
+def cfg(make_cfg: Callable[..., RunConfig]) -> RunConfig:
+    """Without DP, where `num-examples` is the FedAvg weight every reply must carry."""
+    return make_cfg(**{"dp.mode": "none"})
+
+
+def test_under_dp_the_required_weight_is_the_unit_weight(
+    make_cfg: Callable[..., RunConfig],
+) -> None:
+    dp = make_cfg()
+    reply = reply_from(101, {R.NUM_EXAMPLES: 30}, _trained())
+    problem = check_update(reply, GLOBAL, dp, prior_round=False)
+    assert problem is not None and R.UNIT_WEIGHT in problem
+    ok = reply_from(101, {R.UNIT_WEIGHT: 1}, _trained())
+    assert check_update(ok, GLOBAL, dp, prior_round=False) is None
+
+
 def _trained() -> State:
     """A plausible update: every trainable tensor moved a little, the prior untouched."""
     rng = np.random.default_rng(0)

@@ -22,7 +22,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from common import records as R
 from common.central_dp import central_epsilon, round_release
-from common.config import RunConfig
+from common.config import MEAN_STRATEGIES, RunConfig
+from common.privacy import default_delta
 from server.federation import central_sigma
 from server.strategies import STRATEGIES, clients_per_round, create_strategy
 
@@ -75,7 +76,8 @@ def test_the_registry_covers_the_expected_strategies() -> None:
 def test_every_registered_strategy_builds_with_the_project_record_keys(
     cfg: RunConfig, name: str
 ) -> None:
-    strategy = create_strategy(_with(cfg, fed__strategy=name), 4)
+    # Without DP (the only mode every strategy is accounted for), FedAvg weighs by users.
+    strategy = create_strategy(_with(cfg, dp__mode="none", fed__strategy=name), 4)
     assert type(strategy) is EXPECTED[name]
     assert isinstance(strategy, Strategy)
     assert strategy.weighted_by_key == R.NUM_EXAMPLES
@@ -85,6 +87,7 @@ def test_every_registered_strategy_builds_with_the_project_record_keys(
 
 
 def test_strategy_specific_knobs_come_from_the_config(cfg: RunConfig) -> None:
+    cfg = _with(cfg, dp__mode="none")
     prox = create_strategy(_with(cfg, fed__strategy="fedprox", fed__proximal_mu=0.3), 4)
     assert isinstance(prox, FedProx) and prox.proximal_mu == 0.3
     trim = create_strategy(_with(cfg, fed__strategy="fedtrimmedavg", fed__trim_beta=0.1), 4)
@@ -102,7 +105,27 @@ def test_an_unknown_strategy_is_a_value_error_listing_the_names(cfg: RunConfig) 
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("mode", ["local", "central"])
+def test_updates_weigh_equally_under_dp(cfg: RunConfig, mode: str) -> None:
+    # a local-DP site does not release its exact user count; central DP needs a plain mean
+    strategy = create_strategy(_with(cfg, dp__mode=mode), 4, central_sigma=1.0)
+    inner = getattr(strategy, "strategy", strategy)
+    assert inner.weighted_by_key == R.UNIT_WEIGHT
+
+
+@pytest.mark.parametrize(
+    ("mode", "name"),
+    [("central", "krum"), ("central", "fedtrimmedavg"), ("central", "qfedavg"),
+     ("local", "qfedavg")],
+)  # fmt: skip
+def test_aggregators_the_accounting_does_not_describe_are_refused(
+    cfg: RunConfig, mode: str, name: str
+) -> None:
+    with pytest.raises(ValueError, match="fed.strategy"):
+        create_strategy(_with(cfg, dp__mode=mode, fed__strategy=name), 4, central_sigma=1.0)
+
+
+@pytest.mark.parametrize("name", sorted(MEAN_STRATEGIES))
 def test_central_dp_wraps_the_named_strategy(cfg: RunConfig, name: str) -> None:
     c = _with(cfg, dp__mode="central", fed__strategy=name, fed__central_clip=0.7)
     strategy = create_strategy(c, 4, central_sigma=1.3)
@@ -139,7 +162,9 @@ def test_central_sigma_meets_the_budget(
     sigma, q, delta = central_sigma(c, n_clients)
     assert sigma > 0
     assert q == pytest.approx(clients_per_round(c, n_clients) / n_clients)
-    assert delta == pytest.approx(1 / n_clients)  # dp.delta = 0 means 1 / clients
+    # dp.delta = 0: min(1e-5, 1/(10 clients)), rounded down to a power of ten
+    assert delta == pytest.approx(default_delta(n_clients, 1e-5))
+    assert delta <= min(1e-5, 1 / (10 * n_clients))
     m = clients_per_round(c, n_clients)
     release = round_release(sigma, sampled=m, aggregated=m)
     # accounted for Flower's fixed-size sampler (replace-one), whatever `dp.accountant` says
@@ -149,8 +174,8 @@ def test_central_sigma_meets_the_budget(
 
 
 def test_a_fixed_central_noise_overrides_the_calibration(cfg: RunConfig) -> None:
-    c = _with(cfg, dp__mode="central", fed__central_noise=2.5, dp__delta=1e-3)
-    assert central_sigma(c, 4) == (2.5, 1.0, 1e-3)
+    c = _with(cfg, dp__mode="central", fed__central_noise=2.5, dp__delta=1e-6)
+    assert central_sigma(c, 4) == (2.5, 1.0, 1e-6)
 
 
 # (connected clients, fed.fraction-train, fed.min-clients)

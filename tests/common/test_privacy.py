@@ -207,23 +207,41 @@ def test_calibrate_noise_rejects(kwargs: dict[str, object], error: type[Exceptio
 
 
 @pytest.mark.parametrize(
-    ("delta", "n_users", "expected"), [(0.0, 40, 1 / 40), (0.0, 610, 1 / 610), (1e-5, 40, 1e-5)]
+    ("delta", "n_users", "expected"),
+    [
+        (0.0, 40, 1e-5),  # min(1e-5, 1/400)
+        (0.0, 610, 1e-5),
+        (0.0, 10_000, 1e-5),  # 1/(10 n) = 1e-5 exactly
+        (0.0, 20_000, 1e-6),  # 5e-6, rounded down to a power of ten
+        (1e-6, 40, 1e-6),
+    ],
 )
-def test_plan_delta_defaults_to_one_over_users(
+def test_plan_delta_defaults_to_at_most_1e5_and_a_tenth_of_one_over_users(
     delta: float, n_users: int, expected: float, make_cfg: Callable[..., RunConfig]
 ) -> None:
     cfg = make_cfg(**{"dp.delta": delta, "dp.noise-multiplier": 1.3})
     plan = plan_dp(cfg.dp, cfg.train, n_users=n_users, rounds=3, use_prior=False)
-    assert plan.delta == expected
+    assert plan.delta == pytest.approx(expected, rel=1e-12)
+    assert plan.delta <= min(1e-5, 1 / (10 * n_users))
+
+
+def test_plan_refuses_a_delta_above_a_tenth_of_one_over_users(
+    make_cfg: Callable[..., RunConfig],
+) -> None:
+    cfg = make_cfg(**{"dp.delta": 1e-5, "dp.noise-multiplier": 1.3})
+    with pytest.raises(PrivacyError, match="1/\\(10 x users protected\\)"):
+        plan_dp(cfg.dp, cfg.train, n_users=20_000, rounds=3, use_prior=False)
 
 
 def test_plan_delta_counts_every_protected_user_not_only_trainable_ones(
     make_cfg: Callable[..., RunConfig],
 ) -> None:
-    # 40 users can train, 50 fed the popularity histogram: delta = 1/50, q = batch/40.
+    # 40 users can train, 20,000 fed the popularity histogram: delta from 20,000, q = batch/40.
     cfg = make_cfg(**{"dp.noise-multiplier": 1.3, "train.batch-users": 8})
-    plan = plan_dp(cfg.dp, cfg.train, n_users=40, rounds=3, use_prior=False, protected_users=50)
-    assert plan.delta == 1 / 50 and plan.sample_rate == pytest.approx(8 / 40)
+    plan = plan_dp(
+        cfg.dp, cfg.train, n_users=40, rounds=3, use_prior=False, protected_users=20_000
+    )
+    assert plan.delta == pytest.approx(1e-6) and plan.sample_rate == pytest.approx(8 / 40)
 
 
 @pytest.mark.parametrize(
@@ -253,7 +271,7 @@ def test_planned_run_stays_within_budget_round_by_round(
     epsilon, rounds = 8.0, 3
     cfg = make_cfg(**{"dp.accountant": "prv", "dp.epsilon": epsilon})
     plan = plan_dp(cfg.dp, cfg.train, n_users=40, rounds=rounds, use_prior=True)
-    assert plan.delta == 1 / 40 and plan.prior_sigma > 0
+    assert plan.delta == 1e-5 and plan.prior_sigma > 0
     assert (plan.sample_rate, plan.steps_per_round) == (0.2, 5)
     prior_eps = epsilon_of(plan.prior_events(), delta=plan.delta)
     assert cfg.dp.prior_share * epsilon - 0.05 <= prior_eps <= cfg.dp.prior_share * epsilon
@@ -270,6 +288,13 @@ def test_planned_run_stays_within_budget_round_by_round(
     ]
     ledger = Ledger(epsilon, plan.delta, "prv", [*prior, *spent])
     assert not ledger.would_exceed(plan.round_events()), "the last planned round is refused"
+    # with noised evaluations planned, prior + evaluations + every round still fit
+    with_eval = plan_dp(cfg.dp, cfg.train, n_users=40, rounds=rounds, use_prior=True,
+                        eval_releases=rounds)  # fmt: skip
+    events = [*with_eval.prior_events(), *with_eval.eval_events() * rounds,
+              *with_eval.round_events() * rounds]  # fmt: skip
+    assert with_eval.eval_sigma > 0 and with_eval.sigma > plan.sigma
+    assert epsilon - 0.05 <= epsilon_of(events, delta=with_eval.delta) <= epsilon
     assert epsilon - 0.1 <= ledger.epsilon(plan.round_events()) <= epsilon
     assert ledger.would_exceed(plan.round_events() * 2)
 
