@@ -187,8 +187,10 @@ def ledger_file(site: Site) -> Path | None:
 
 
 def eval_releases(site: Site) -> int:
-    """Noised evaluation releases this site plans for a run (one per round)."""
-    return site.cfg.fed.rounds if site.policy.release_eval == "noised" else 0
+    """Noised evaluation releases a site plans for a run: one per round (+ one after round 0)."""
+    if site.policy.release_eval != "noised":
+        return 0
+    return site.cfg.fed.rounds + (1 if site.cfg.model.prior else 0)
 
 
 def dp_plan(site: Site) -> DPPlan | None:
@@ -267,8 +269,11 @@ def epsilon_strict(ledger: Ledger, run_key: str) -> float:
 
 
 def round_seed(site: Site, server_round: int, *, stream: int) -> int:
-    """Seed of one release: OS entropy, or (dp.reproducible-noise, simulation) a config hash."""
-    reproducible = site.cfg.dp.reproducible_noise and site.simulated
+    """Seed of one release: OS entropy, or a config hash (dp.reproducible-noise in simulation).
+
+    Without DP (dp.mode = "none") nothing is private anyway and runs stay reproducible.
+    """
+    reproducible = (site.cfg.dp.reproducible_noise and site.simulated) or site.cfg.dp.mode == "none"
     label = f"{site.cfg.train.seed}/{site.name}/{server_round}/{stream}"
     return noise_seed(reproducible=reproducible, label=label)
 

@@ -18,8 +18,8 @@ from flwr.serverapp.strategy import Strategy
 from common import records as R
 from common.central_dp import calibrate_central, central_epsilon, round_release, top_up_noise
 from common.config import MAX_DELTA, RunConfig
-from common.privacy import check_delta, default_delta
 from common.model import PRIOR_KEY
+from common.privacy import check_delta, default_delta
 from server.checkpoint import Checkpoint
 from server.checks import check_update
 from server.report import PRIVACY_KEYS, aggregate_eval, finish_run
@@ -223,7 +223,7 @@ def run_federation(
                 {
                     "node": int(r.metadata.src_node_id),
                     **{
-                        k: float(v)
+                        k: float(v)  # type: ignore[arg-type]
                         for k, v in r.content.metric_records[R.METRICS].items()
                         if k in PRIVACY_KEYS and k != R.DECLINED
                     },

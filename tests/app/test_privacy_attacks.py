@@ -37,7 +37,7 @@ def old_seed(seed: int, name: str, server_round: int, stream: int) -> int:
 def new_reproducible_seed(seed: int, name: str, server_round: int, stream: int) -> int:
     """What `dp.reproducible-noise` uses (documented as predictable)."""
     label = f"{seed}/{name}/{server_round}/{stream}"
-    return int.from_bytes(hashlib.sha256(label.encode()).digest()[:8], "little") >> 1
+    return int.from_bytes(hashlib.sha256(label.encode()).digest()[:4], "little")
 
 
 def _prior_release(run_config: dict[str, Any], state: State) -> tuple[np.ndarray, Any]:

@@ -129,6 +129,7 @@ def attacked(
                     "fed.trim-beta": 0.2,
                     "fed.update-norm-bound": 1e9,
                     "model.prior": False,
+                    "dp.reproducible-noise": True,  # fixed noise: thresholds, not luck
                 },
             )
             faults = ["scale100" if hostile and i == SCALED else "" for i in range(5)]
