@@ -433,9 +433,10 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(
         tmp_path,
         {
             "train.epochs": 30.0,  # seconds of training: room to kill mid-round
-            # No DP: site-a's pinned ledger already holds the budget of an earlier test's
-            # run (a site's ledger spans runs), so with DP it would rightly decline.
-            "dp.mode": "none",
+            # A deployed site refuses dp.mode = "none"; site-a's pinned ledger already holds an
+            # earlier test's epsilon 8 (a ledger spans runs), so this run asks for little more
+            # than that, inside the default max-epsilon 10.
+            "dp.epsilon": 1.0,
             "fed.rounds": 2,
             "fed.round-timeout": 90.0,
             "dp.ledger-dir": str(tmp_path / "ledgers"),

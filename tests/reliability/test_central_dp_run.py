@@ -8,6 +8,7 @@ import pytest
 
 from client.hostile import FAULT_ENV
 from common.central_dp import central_epsilon, round_release
+from common.privacy import default_delta
 
 from .conftest import server_log
 from .inproc import FROM_ENV, federate
@@ -33,7 +34,8 @@ def test_central_dp_run_ends_within_budget_and_epsilon_grows_per_round(
     sigma, n = privacy["noise_multiplier"], 12
     full = round_release(sigma, sampled=n, aggregated=n)
     assert rows[0]["central_release"] == list(full)  # type: ignore[arg-type]
-    assert central_epsilon([full] * 2, n_clients=n, delta=1 / n) == pytest.approx(eps[-1])  # type: ignore[list-item]
+    delta = default_delta(n, 1e-5)
+    assert central_epsilon([full] * 2, n_clients=n, delta=delta) == pytest.approx(eps[-1])  # type: ignore[list-item]
 
 
 @pytest.mark.usefixtures("server_identity")
@@ -54,6 +56,6 @@ def test_rounds_with_crashed_clients_get_their_noise_topped_up(
     assert sum("6 of 12 sampled updates aggregated; central DP noise topped up" in m
                for m in log) == 2  # fmt: skip
     assert results["privacy"]["epsilon"] == pytest.approx(
-        central_epsilon(releases, n_clients=n, delta=1 / n)  # type: ignore[arg-type]
+        central_epsilon(releases, n_clients=n, delta=default_delta(n, 1e-5))  # type: ignore[arg-type]
     )
     assert results["privacy"]["epsilon"] <= 8.0
