@@ -51,10 +51,14 @@ def withhold_details(handler: Callable[[Message, Context], Message]) -> Callable
     return wrapped
 
 
-def _reply(metrics: dict, msg: Message, context: Context, arrays: dict | None = None) -> Message:
-    """A reply: arrays (if any), metrics, and a decline reason as a ConfigRecord."""
+def _reply(
+    metrics: dict, msg: Message, context: Context, label: str, arrays: dict | None = None
+) -> Message:
+    """A reply: arrays (if any), metrics, the site's public label and a decline reason."""
     reason = metrics.pop("reason", None)
     content = RecordDict({R.METRICS: R.metric_record(metrics)})
+    if label:
+        content[R.SITE] = ConfigRecord({R.LABEL: label})
     if arrays is not None:
         content[R.ARRAYS] = R.to_record(arrays)
     if reason is not None:
@@ -83,7 +87,7 @@ def train(msg: Message, context: Context) -> Message:
         context.state["privacy"] = ConfigRecord(
             {"epsilon": float(metrics["epsilon"]), "delta": float(metrics["delta"])}
         )
-    return _reply(metrics, msg, context, new_state)
+    return _reply(metrics, msg, context, site.policy.label, new_state)
 
 
 @app.query()
@@ -110,4 +114,4 @@ def evaluate(msg: Message, context: Context) -> Message:
         server_round=int(cfg.get(R.ROUND, 0)),  # type: ignore[arg-type]
         run_key=str(cfg.get(R.RUN_KEY, "")),
     )
-    return _reply(metrics, msg, context)
+    return _reply(metrics, msg, context, site.policy.label)

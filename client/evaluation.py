@@ -23,7 +23,7 @@ from common.evaluate import evaluate_scores, item_cache_path, model_score_fn
 from common.exposure import long_tail_items
 from common.metrics import RankingEvaluator
 from common.model import load_trainable_state
-from common.privacy import PrivacyError
+from common.privacy import PrivacyError, test_only_zero_noise
 from common.records import state_digest
 
 
@@ -66,7 +66,8 @@ def noisy_means(
     n = len(per_user[keys[0]]) if keys else 0
     cols = [np.clip(np.asarray(per_user[k], np.float64), 0.0, 1.0) for k in keys]
     sums = np.array([c.sum() for c in cols] + [float(n)]) / scale
-    noisy = (sums + np.random.default_rng(seed).normal(0.0, sigma, size=d + 1)) * scale
+    noise = np.random.default_rng(seed).normal(0.0, sigma, size=d + 1)
+    noisy = (sums + (0.0 if test_only_zero_noise() else noise)) * scale
     count = max(1.0, float(np.round(noisy[-1])))
     out = {k: float(noisy[i] / count) for i, k in enumerate(keys)}
     out[R.NUM_EXAMPLES] = count

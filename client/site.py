@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -153,6 +154,8 @@ def get_site(run_config: dict[str, Any], node_config: dict[str, Any]) -> Site:
     )
     simulated = "partition-id" in node_config
     site.policy = load_policy(node_config, simulated=simulated)
+    if simulated and not site.policy.label:  # one researcher owns every simulated site
+        site.policy = dataclasses.replace(site.policy, label=name)
     site.simulated = simulated
     site.data_key = data_fingerprint(cfg, site.trainees)
     return site

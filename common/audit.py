@@ -55,44 +55,65 @@ def _events(rows: Sequence[Mapping[str, Any]]) -> list[tuple[float, float, int]]
     return [(float(r["sigma"]), float(r["q"]), int(r["steps"])) for r in rows]
 
 
+def _node_reports(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per node of a run's `history`: its public label and its last reported epsilon per round.
+
+    A round's last report is its noised evaluation's (``eval_privacy``) when there is one,
+    else its training reply's; ``ledger-epsilon`` (cumulative over the ledger) wins over the
+    run's ``epsilon``. Sigma and sample rate are kept when a site released them.
+    """
+    nodes: dict[str, dict[str, Any]] = {}
+    for row in history:
+        rnd = int(row["round"])
+        for c in [*row.get("clients", []), *row.get("eval_privacy", [])]:
+            eps = c.get("ledger-epsilon", c.get("epsilon"))
+            if eps is None:
+                continue
+            n = nodes.setdefault(str(c["node"]), {"label": "", "eps": {}, "mech": set()})
+            n["label"] = n["label"] or str(c.get("label", ""))
+            n["eps"][rnd] = float(eps)
+            if "sigma" in c and "sample-rate" in c:
+                n["mech"].add((rnd, float(c["sigma"]), float(c["sample-rate"])))
+    return nodes
+
+
+def _runs_mechanism(led: Mapping[str, Any], mech: set[tuple[int, float, float]]) -> bool:
+    ran = {(int(r["round"]), float(r["sigma"]), float(r["q"])) for r in led["rounds"]}
+    return all(
+        any(
+            rnd == a and math.isclose(b, s, rel_tol=1e-9) and math.isclose(c, q, rel_tol=1e-9)
+            for a, b, c in ran
+        )
+        for rnd, s, q in mech
+    )
+
+
 def pair_reports(
     ledgers: Mapping[str, Mapping[str, Any]], history: Sequence[Mapping[str, Any]]
 ) -> tuple[dict[str, dict[int, float]], list[str]]:
     """Match each reporting node of a run's `history` to the ledger that ran its mechanism.
 
-    Nodes report (sigma, sample-rate, epsilon) per round but not their site name; a node is
-    paired with an unused ledger whose "train" event of every reported round has the same
-    sigma and q in that round. The epsilons are not used to pair (they are what is checked). Returns
-    ({ledger name: {round: reported epsilon}}, nodes no ledger matches).
+    A node is paired by the public label its site sends (ledger file ``<label>.json`` or a
+    per-data-set ``<label>.<key>.json``); a site that publishes no label but released its
+    sigma and sample rate is paired with an unused ledger whose events of every reported
+    round have the same sigma and q. The epsilons are never used to pair (they are what is
+    checked). Returns ({ledger name: {round: last reported epsilon}}, nodes no ledger matches).
     """
-    reports: dict[str, list[tuple[int, float, float, float]]] = {}
-    for row in history:
-        for c in row.get("clients", []):
-            if all(k in c for k in ("epsilon", "sigma", "sample-rate")):
-                reports.setdefault(str(c["node"]), []).append(
-                    (
-                        int(row["round"]),
-                        float(c["epsilon"]),
-                        float(c["sigma"]),
-                        float(c["sample-rate"]),
-                    )
-                )
     paired: dict[str, dict[int, float]] = {}
     unmatched = []
-    for node, rep in sorted(reports.items()):
-        for name, led in sorted(ledgers.items()):
-            ran = {(int(r["round"]), float(r["sigma"]), float(r["q"])) for r in led["rounds"]}
-            if name not in paired and all(
-                any(
-                    rnd == a
-                    and math.isclose(b, s, rel_tol=1e-9)
-                    and math.isclose(c, q, rel_tol=1e-9)
-                    for a, b, c in ran
-                )
-                for rnd, _, s, q in rep
-            ):
-                paired[name] = {rnd: eps for rnd, eps, _, _ in rep}
-                break
+    for node, rep in sorted(_node_reports(history).items()):
+        label = rep["label"]
+        names = [
+            name
+            for name, led in sorted(ledgers.items())
+            if name not in paired
+            and (
+                (label and name.split(".")[0] == label)
+                or (not label and rep["mech"] and _runs_mechanism(led, rep["mech"]))
+            )
+        ]
+        if names:
+            paired[names[0]] = dict(rep["eps"])
         else:
             unmatched.append(node)
     return paired, unmatched

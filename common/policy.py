@@ -38,6 +38,7 @@ class SitePolicy:
     release_eval: str = "noised"  # noised | plain | none
     release_per_user: bool = False  # per-user metric vectors (simulation only)
     release_diagnostics: bool = False  # exact train loss, steps, users trained, wall time
+    label: str = ""  # a public name sent with every reply ("": none; simulation: the site name)
 
     def __post_init__(self) -> None:
         _need(self.max_epsilon > 0, "max-epsilon", self.max_epsilon, "must be > 0")

@@ -16,6 +16,8 @@ TRAIN_LOSS = "train_loss"  # key QFedAvg reads
 DECLINED = "declined"  # 1.0 when a client refused to train (budget exhausted)
 DECLINE = "decline"  # the ConfigRecord of a refusal: why the site declined (its `REASON`)
 REASON = "reason"
+SITE = "site"  # the ConfigRecord of a reply naming the site by the label it publishes
+LABEL = "label"
 PER_USER_PREFIX = "per-user-"  # list-valued per-user metrics (fairness studies)
 EXPOSURE_COUNTS = "exposure-counts@10"  # per-item top-10 counts, summed across clients
 

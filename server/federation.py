@@ -137,9 +137,10 @@ def run_federation(
                     good.append(reply)
             if "dropped" in row:
                 log.warning(
-                    "[fedrec] round %d: dropping reply from node %s: %s",
+                    "[fedrec] round %d: dropping reply from node %s%s: %s",
                     rnd,
                     row["node"],
+                    f" ({row['label']})" if "label" in row else "",
                     row["dropped"],
                 )
             row["bytes_down"] = R.state_bytes(arrays)
@@ -203,7 +204,9 @@ def run_federation(
                 why = decline_reason(r)
                 log.warning("[fedrec] round %d: node %s declines evaluation: %s", rnd,
                             r.metadata.src_node_id, why)  # fmt: skip
-                eval_declined.append({"node": int(r.metadata.src_node_id), "reason": why})
+                eval_declined.append(
+                    {"node": int(r.metadata.src_node_id), "label": site_label(r), "reason": why}
+                )
             else:
                 ev_replies.append(r)
         site_eval = aggregate_eval(ev_replies)
@@ -222,6 +225,7 @@ def run_federation(
             "eval_privacy": [
                 {
                     "node": int(r.metadata.src_node_id),
+                    "label": site_label(r),
                     **{
                         k: float(v)  # type: ignore[arg-type]
                         for k, v in r.content.metric_records[R.METRICS].items()
@@ -290,12 +294,20 @@ def _client_row(reply: Message, sent_to: dict[str, int]) -> dict[str, Any]:
     row: dict[str, Any] = {"node": _node_of(reply, sent_to)}
     if reply.has_error() or not reply.has_content():
         return row
+    if label := site_label(reply):
+        row["label"] = label
     metrics = reply.content.metric_records.get(R.METRICS)
     if metrics is not None:
         row.update({k: v for k, v in metrics.items() if not isinstance(v, list)})
     rec = reply.content.array_records.get(R.ARRAYS)
     row["bytes_up"] = int(sum(a.numpy().nbytes for a in rec.values())) if rec else 0
     return row
+
+
+def site_label(reply: Message) -> str:
+    """The public label a site sends with its replies ("" when it publishes none)."""
+    rec = reply.content.config_records.get(R.SITE)
+    return str(rec.get(R.LABEL, "")) if rec is not None else ""
 
 
 def decline_reason(reply: Message) -> str:

@@ -74,7 +74,8 @@ def _privacy(
             if "ledger-epsilon" in c:
                 ledger[str(c["node"])] = float(c["ledger-epsilon"])
     declines = [
-        {"round": row["round"], "node": c["node"], "reason": c["dropped"]}
+        {"round": row["round"], "node": c["node"], "label": c.get("label", ""),
+         "reason": c["dropped"]}
         for row in history
         for c in row["clients"]
         if str(c.get("dropped", "")).startswith("declined")

@@ -259,3 +259,32 @@ def test_pair_reports_by_mechanism_not_by_epsilon() -> None:
     assert paired == {"a": {1: eps[1], 2: 99.0}} and unmatched == []
     paired, unmatched = A.pair_reports({"b": other}, hist)
     assert paired == {} and unmatched == ["7"]
+
+
+def test_pair_reports_by_published_label_and_last_report_of_a_round() -> None:
+    """Local-DP replies carry no sigma or sample rate (they give n away): sites are paired by
+    the label they publish, and a round's noised-evaluation report is its last word."""
+    led, other = make_ledger(), make_ledger()
+    eps = true_eps(led)
+    hist = [
+        {
+            "round": rnd,
+            "clients": [{"node": 7, "label": "site-a", "ledger-epsilon": e - 0.01}],
+            "eval_privacy": [{"node": 7, "label": "site-a", "ledger-epsilon": e}],
+        }
+        for rnd, e in eps.items()
+    ]
+    ledgers = {"site-a.0123abcd": led, "site-b": other}
+    paired, unmatched = A.pair_reports(ledgers, hist)
+    assert paired == {"site-a.0123abcd": eps} and unmatched == []
+    assert (
+        A.ledger_check(ledgers, reported_epsilons=paired)["clients"]["site-a.0123abcd"]["flags"]
+        == []
+    )
+    hist[1]["eval_privacy"][0]["ledger-epsilon"] = eps[2] + 0.5  # a tampered report still pairs
+    paired, _ = A.pair_reports(ledgers, hist)
+    res = A.ledger_check(ledgers, reported_epsilons=paired)
+    flags = res["clients"]["site-a.0123abcd"]["flags"]
+    assert any("mismatch: round 2 reported" in f for f in flags)
+    paired, unmatched = A.pair_reports({"site-b": other}, hist)  # no ledger has its label
+    assert paired == {} and unmatched == ["7"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +52,6 @@ def test_without_dp_the_audit_has_power(
     assert "# Privacy audit: PASS" in (tmp_path / "nodp" / "audit.md").read_text()
 
 
-@pytest.mark.xfail(
-    reason="issue 11 follow-up: the audit's ledger check pairs node reports with ledgers by "
-    "round; ledgers now also hold noised-evaluation entries (kind eval-test) per round, "
-    "which it does not yet account for ('unreported')",
-    strict=False,
-)
 def test_with_strong_dp_the_bound_stays_below_the_accounted_epsilon(
     tmp_path: Path, tiny_backbone: Path, cache_dir: Path
 ) -> None:
@@ -66,7 +59,9 @@ def test_with_strong_dp_the_bound_stays_below_the_accounted_epsilon(
     assert rc == 0, rep["verdict_lines"]
     acc = rep["accounted"]
     assert 0 < acc["epsilon_run"] <= 1.0 + 1e-6
-    assert math.isfinite(acc["epsilon_audit"]) and acc["epsilon_audit"] > acc["epsilon_run"]
+    # The run's delta is now min(1e-5, 1/(10 n)) = the audit's 1e-5: the same epsilon.
+    assert acc["delta_run"] == 1e-5
+    assert acc["epsilon_audit"] == pytest.approx(acc["epsilon_run"], rel=1e-9)
     for key, ub in (("run_delta", acc["epsilon_run"]), ("audit_delta", acc["epsilon_audit"])):
         assert rep["canaries"][key]["one_run"]["epsilon_lb"] <= ub
     led = rep["ledger"]
