@@ -4,6 +4,7 @@ Example::
 
     python -m simulations.federated --preset quick --out runs/quick
     python -m simulations.federated --out runs/x --run-config "fed.rounds=2 dp.epsilon=3"
+    python -m simulations.federated --preset main --out runs/main-seeds --seeds 3
 
 Handles the known `flwr run` pitfalls: a private ``FLWR_HOME`` per output folder, no per-run
 dependency re-installation, a check that no foreign SuperLink holds Flower's local ports, the
@@ -23,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from common.config import ConfigError, parse_config, parse_overrides
 from common.task import load_corpus
@@ -172,6 +175,46 @@ def run(
     return res
 
 
+SEED_METRICS = ("hr@10", "ndcg@10", "mrr")
+
+
+def run_seeds(
+    overrides: dict[str, Any], out: Path, seeds: int, *, num_supernodes: int | None = None
+) -> dict[str, Any]:
+    """Run `seeds` times (``train.seed`` = base, base + 1, ...) into ``out/seed-<s>``.
+
+    Noise and sampling under DP come from OS entropy and differ in every run whatever the
+    seed; the seed moves the model's initialisation. Writes ``out/seeds.json``: per run the
+    final metrics, epsilon and wall time, and their mean and sample standard deviation.
+    """
+    base = int(parse_config(overrides).train.seed)
+    runs = []
+    for i in range(seeds):
+        seed = base + i
+        print(f"[seeds] run {i + 1}/{seeds}: train.seed = {seed}", file=sys.stderr)
+        res = run(
+            {**overrides, "train.seed": seed}, out / f"seed-{seed}", num_supernodes=num_supernodes
+        )
+        runs.append(
+            {
+                "seed": seed,
+                "status": res["status"],
+                **{k: float(res["metrics"][k]) for k in SEED_METRICS if k in res["metrics"]},
+                "epsilon": res["privacy"].get("epsilon"),
+                "flwr_run_s": res["timing"]["flwr_run_s"],
+            }
+        )
+    summary: dict[str, Any] = {"overrides": overrides, "runs": runs}
+    for key in (*SEED_METRICS, "flwr_run_s"):
+        vals = np.array([r[key] for r in runs if isinstance(r.get(key), float)])
+        if len(vals):
+            std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            summary[key] = {"mean": float(vals.mean()), "std": std, "n": len(vals)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "seeds.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -196,9 +239,26 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="simulated nodes (default: data.num-sites, or users when data.partitioning = user)",
     )
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="repeat with train.seed = seed, seed+1, ... into OUT/seed-<s>; write OUT/seeds.json",
+    )
     args = ap.parse_args(argv)
+    if args.seeds < 1:
+        print(f"error: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
+        return 2
     try:
         over = {**load_preset(args.preset), **parse_overrides(args.run_config)}
+        if args.seeds > 1:
+            summary = run_seeds(over, args.out, args.seeds, num_supernodes=args.num_supernodes)
+            for key in (*SEED_METRICS, "flwr_run_s"):
+                if key in summary:
+                    s = summary[key]
+                    print(f"{key}: {s['mean']:.4f} +- {s['std']:.4f} (n = {s['n']})")
+            print(f"-> {args.out / 'seeds.json'}")
+            return 0
         res = run(over, args.out, num_supernodes=args.num_supernodes)
     except (ConfigError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
