@@ -177,6 +177,8 @@ class DPConfig:
     eval_share: float
     ledger_dir: str
     reproducible_noise: bool
+    central_ledger: str
+    central_max_epsilon: float
 
     def __post_init__(self) -> None:
         _check(
@@ -218,6 +220,12 @@ class DPConfig:
             "dp.eval-share",
             self.eval_share,
             "must be in [0, 1) with dp.prior-share + dp.eval-share < 1",
+        )
+        _check(
+            self.central_max_epsilon > 0,
+            "dp.central-max-epsilon",
+            self.central_max_epsilon,
+            "must be > 0 ('inf' = no cap across runs)",
         )
         if self.mode == "local" and math.isinf(self.epsilon) and self.noise_multiplier == 0:
             raise ConfigError(

@@ -16,10 +16,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common import records as R
-from common.central_dp import calibrate_central, central_epsilon, round_release, top_up_noise
+from common.central_dp import calibrate_central, round_release, top_up_noise
 from common.config import MAX_DELTA, RunConfig
 from common.model import PRIOR_KEY
 from common.privacy import check_delta, default_delta
+from server.central_budget import CentralBudget, central_ledger_path
 from server.checkpoint import Checkpoint
 from server.checks import check_update
 from server.report import PRIVACY_KEYS, aggregate_eval, finish_run
@@ -93,6 +94,14 @@ def run_federation(
         start = 0  # round 0: the sites release their (DP) popularity histograms, no training
     if start > 1:
         log.info("[fedrec] resuming from checkpoint: rounds 1..%d already done", start - 1)
+    budget = None
+    if cfg.dp.mode == "central":  # epsilon carried across runs: the server's own ledger
+        budget = CentralBudget.open(cfg, out, run_key=run_key, n_clients=n_clients, delta=delta)
+        budget.check_plan(
+            sigma,
+            per_round=clients_per_round(cfg, n_clients),
+            rounds=cfg.fed.rounds - max(start, 1) + 1,
+        )
     t_run = time.perf_counter()
     status = "completed"
     for rnd in range(start, cfg.fed.rounds + 1):
@@ -180,6 +189,8 @@ def run_federation(
                 )
                 kept = len(msgs)  # the released noise now matches a full round's
             release = round_release(sigma, sampled=len(msgs), aggregated=kept)
+            if budget is not None and release is not None:
+                budget.record(rnd, release)  # before the noised model leaves the server
         arrays = R.from_record(new)
         eval_msgs = list(
             strategy.configure_evaluate(
@@ -238,13 +249,9 @@ def run_federation(
         }
         if cfg.dp.mode == "central":
             row_out["central_release"] = list(release) if release else None
-            releases = [tuple(h["central_release"]) for h in [*history, row_out]
-                        if h.get("central_release")]  # fmt: skip
-            row_out["central_epsilon"] = central_epsilon(
-                releases,  # type: ignore[arg-type]
-                n_clients=n_clients,
-                delta=delta,
-            )
+            assert budget is not None
+            row_out["central_epsilon"] = budget.run_epsilon()
+            row_out["central_ledger_epsilon"] = budget.total_epsilon()
         history.append(row_out)
         ckpt.save(rnd, arrays, history)
         if save_adapter_fn is not None:
@@ -256,7 +263,13 @@ def run_federation(
             evaluation.get("hr@10", math.nan),
             evaluation.get("ndcg@10", math.nan),
         )
-    central = {"sigma": sigma, "q": q, "delta": delta, "rounds": len(history)}
+    central = {
+        "sigma": sigma,
+        "q": q,
+        "delta": delta,
+        "rounds": len(history),
+        "ledger": str(central_ledger_path(cfg, out)) if budget is not None else None,
+    }
     return finish_run(
         cfg,
         out,

@@ -105,6 +105,7 @@ def _privacy(
         }
     if cfg.dp.mode == "central":
         eps = history[-1].get("central_epsilon", 0.0) if history else 0.0
+        ledger_eps = history[-1].get("central_ledger_epsilon", eps) if history else 0.0
         return {
             "unit": "client (= user with data.partitioning = user)",
             "mode": "central",
@@ -112,6 +113,9 @@ def _privacy(
             "against anyone who sees the global model, not against the server",
             "epsilon": eps,
             "target_epsilon": cfg.dp.epsilon,
+            "ledger_epsilon": ledger_eps,  # every run in the server's ledger, composed
+            "ledger": central.get("ledger"),
+            "max_epsilon": cfg.dp.central_max_epsilon,
             "delta": central["delta"],
             "accountant": "rdp (Flower's RdpAccountant / dp-accounting)",
             "neighbouring": RELATION,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from client.hostile import FAULT_ENV
 from common.central_dp import central_epsilon, round_release
-from common.privacy import default_delta
+from common.privacy import PrivacyError, default_delta
 
 from .conftest import server_log
 from .inproc import FROM_ENV, federate
@@ -59,3 +61,33 @@ def test_rounds_with_crashed_clients_get_their_noise_topped_up(
         central_epsilon(releases, n_clients=n, delta=default_delta(n, 1e-5))  # type: ignore[arg-type]
     )
     assert results["privacy"]["epsilon"] <= 8.0
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_central_epsilon_is_carried_across_runs_and_capped(
+    run_config: dict[str, Any], tmp_path: Path
+) -> None:
+    # Two runs (different configs = different run keys) share one server ledger: the second
+    # reports its own epsilon and the composition of both; a third that would pass
+    # dp.central-max-epsilon is refused before it releases anything.
+    ledger = tmp_path / "server" / "central.json"
+    base = {**_central(run_config), "dp.epsilon": 3.0, "dp.central-ledger": str(ledger)}
+    first, _ = federate({**base, "fed.out-dir": str(tmp_path / "a")}, [""] * 12)
+    second, _ = federate({**base, "fed.out-dir": str(tmp_path / "b"), "fed.rounds": 1}, [""] * 12)
+    n = 12
+    delta = default_delta(n, 1e-5)
+    releases = [tuple(h["central_release"]) for r in (first, second) for h in r["history"]]
+    p1, p2 = first["privacy"], second["privacy"]
+    assert p1["ledger_epsilon"] == pytest.approx(p1["epsilon"]) and p1["epsilon"] <= 3.0
+    assert p2["epsilon"] <= 3.0 and p2["ledger"] == str(ledger)
+    assert p2["ledger_epsilon"] > max(p1["epsilon"], p2["epsilon"])
+    assert p2["ledger_epsilon"] == pytest.approx(
+        central_epsilon(releases, n_clients=n, delta=delta)  # type: ignore[arg-type]
+    )
+    entries = json.loads(ledger.read_text())["entries"]
+    assert len(entries) == 3 and len({e["run"] for e in entries}) == 2
+    cap = {**base, "fed.out-dir": str(tmp_path / "c"), "fed.rounds": 1,
+           "dp.central-max-epsilon": p2["ledger_epsilon"] + 0.5}  # fmt: skip
+    with pytest.raises(PrivacyError, match="dp.central-max-epsilon"):
+        federate(cap, [""] * 12)
+    assert len(json.loads(ledger.read_text())["entries"]) == 3  # nothing more released
