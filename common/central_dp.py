@@ -77,9 +77,14 @@ def top_up_noise(
     if not 0 < aggregated <= sampled:
         raise PrivacyError(f"aggregated {aggregated} updates of {sampled} sampled clients")
     extra = sigma * clip * math.sqrt(max(0.0, 1 / aggregated**2 - 1 / sampled**2))
+    return add_noise(record, extra)
+
+
+def add_noise(record: ArrayRecord, std: float) -> ArrayRecord:
+    """A copy of `record` with independent N(0, std^2) on every value (Flower's own draw)."""
     arrays = [np.array(a, copy=True) for a in record.to_numpy_ndarrays()]
-    if extra > 0:
-        add_gaussian_noise_inplace(arrays, extra)
+    if std > 0:
+        add_gaussian_noise_inplace(arrays, std)
     return ArrayRecord({k: Array(v) for k, v in zip(record.keys(), arrays, strict=True)})
 
 

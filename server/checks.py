@@ -1,6 +1,10 @@
-"""Checks on every incoming update before it may reach aggregation."""
+"""Where a reply is checked: every incoming update is sorted into usable or dropped (why)."""
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Message
@@ -8,7 +12,18 @@ from flwr.app import Message
 from common import records as R
 from common.config import RunConfig
 from common.model import PRIOR_KEY
-from server.strategies import weight_key
+
+log = logging.getLogger("flwr.fedrec")
+
+
+def weight_key(cfg: RunConfig) -> str:
+    """The metric FedAvg weighs updates by.
+
+    Central DP needs an unweighted mean (each client moves it by at most clip / m); a local-DP
+    site does not release its exact user count, so its update weighs as much as any other's.
+    Only without DP are updates weighted by users.
+    """
+    return R.NUM_EXAMPLES if cfg.dp.mode == "none" else R.UNIT_WEIGHT
 
 
 def check_update(
@@ -52,3 +67,102 @@ def check_update(
     if norm > cfg.fed.update_norm_bound:
         return f"update norm {norm:.4g} exceeds fed.update-norm-bound {cfg.fed.update_norm_bound}"
     return None
+
+
+# ---------------------------------------------------------------- sorting a round's replies
+
+
+def node_of(reply: Message, sent_to: dict[str, int]) -> int:
+    """The node a reply is about (the destination of the instruction it answers).
+
+    An error the SuperLink makes for an unavailable node comes from the SuperLink itself
+    (src node 1), so the instruction's destination decides, not the reply's source.
+    """
+    return sent_to.get(reply.metadata.reply_to_message_id, int(reply.metadata.src_node_id))
+
+
+def site_label(reply: Message) -> str:
+    """The public label a site sends with its replies ("" when it publishes none)."""
+    rec = reply.content.config_records.get(R.SITE)
+    return str(rec.get(R.LABEL, "")) if rec is not None else ""
+
+
+def decline_reason(reply: Message) -> str:
+    """The reason a site gave for declining (its ``decline`` ConfigRecord)."""
+    rec = reply.content.config_records.get(R.DECLINE)
+    return str(rec.get(R.REASON, "no reason given")) if rec is not None else "no reason given"
+
+
+def declined(reply: Message) -> bool:
+    """Whether a (content) reply says the site declined the round."""
+    metrics = reply.content.metric_records.get(R.METRICS)
+    return bool(metrics is not None and metrics.get(R.DECLINED, 0))
+
+
+def client_row(reply: Message, sent_to: dict[str, int]) -> dict[str, Any]:
+    """A reply's row in the round's history: node, label, scalar metrics, bytes uploaded."""
+    row: dict[str, Any] = {"node": node_of(reply, sent_to)}
+    if reply.has_error() or not reply.has_content():
+        return row
+    if label := site_label(reply):
+        row["label"] = label
+    metrics = reply.content.metric_records.get(R.METRICS)
+    if metrics is not None:
+        row.update({k: v for k, v in metrics.items() if not isinstance(v, list)})
+    rec = reply.content.array_records.get(R.ARRAYS)
+    row["bytes_up"] = int(sum(a.numpy().nbytes for a in rec.values())) if rec else 0
+    return row
+
+
+@dataclass
+class SortedReplies:
+    """A training round's replies: the usable ones and one history row per sampled node."""
+
+    good: list[Message]
+    rows: list[dict[str, Any]]
+    sampled: int
+
+    def enough(self, min_clients: int) -> bool:
+        """Whether the round may be aggregated (at least min(`min_clients`, sampled) usable)."""
+        return bool(self.good) and len(self.good) >= min(min_clients, self.sampled)
+
+
+def sort_replies(
+    rnd: int,
+    sent: list[Message],
+    replies: list[Message],
+    global_state: dict[str, np.ndarray],
+    cfg: RunConfig,
+    *,
+    prior_round: bool,
+) -> SortedReplies:
+    """Drop errors, declines, malformed or out-of-bound updates and silent nodes, with a reason.
+
+    Each dropped node is logged (with its label, when it publishes one) and its row carries
+    ``dropped``; the usable replies keep their order.
+    """
+    sent_to = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent}
+    down = R.state_bytes(global_state)
+    good, rows = [], []
+    for reply in replies:
+        row = client_row(reply, sent_to)
+        if reply.has_error():
+            row["dropped"] = f"error: {reply.error.reason}"
+        elif declined(reply):
+            row["dropped"] = f"declined: {decline_reason(reply)}"
+        elif problem := check_update(reply, global_state, cfg, prior_round=prior_round):
+            row["dropped"] = problem
+        else:
+            good.append(reply)
+        if "dropped" in row:
+            label = f" ({row['label']})" if "label" in row else ""
+            log.warning("[fedrec] round %d: dropping reply from node %s%s: %s",
+                        rnd, row["node"], label, row["dropped"])  # fmt: skip
+        row["bytes_down"] = down
+        rows.append(row)
+    answered = {node_of(r, sent_to) for r in replies}
+    for node in sorted({int(m.metadata.dst_node_id) for m in sent} - answered):
+        why = f"no reply within fed.round-timeout ({cfg.fed.round_timeout:g}s)"
+        log.warning("[fedrec] round %d: node %s gave %s", rnd, node, why)
+        rows.append({"node": node, "dropped": why, "bytes_down": down})
+    return SortedReplies(good, rows, len(sent))

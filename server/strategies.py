@@ -1,4 +1,4 @@
-"""Strategy registry over Flower's own strategies, and the central-DP wrapper."""
+"""Strategy registry over Flower's own strategies, and the composition a round runs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from flwr.serverapp.strategy import (
 
 from common import records as R
 from common.config import RunConfig, check_strategy_privacy
+from server.central_budget import CentralBudget
+from server.checks import weight_key
+from server.wrappers import CentralRelease, CheckedReplies
 
 
 def _common(cfg: RunConfig, n_clients: int) -> dict[str, Any]:
@@ -47,16 +50,6 @@ STRATEGIES: dict[str, Callable[[RunConfig, int], Strategy]] = {
 }
 
 
-def weight_key(cfg: RunConfig) -> str:
-    """The metric FedAvg weighs updates by.
-
-    Central DP needs an unweighted mean (each client moves it by at most clip / m); a local-DP
-    site does not release its exact user count, so its update weighs as much as any other's.
-    Only without DP are updates weighted by users.
-    """
-    return R.NUM_EXAMPLES if cfg.dp.mode == "none" else R.UNIT_WEIGHT
-
-
 def clients_per_round(cfg: RunConfig, n_clients: int) -> int:
     """How many clients Flower's strategies sample per training round.
 
@@ -83,3 +76,25 @@ def create_strategy(cfg: RunConfig, n_clients: int, *, central_sigma: float = 0.
             num_sampled_clients=clients_per_round(cfg, n_clients),
         )
     return strategy
+
+
+def round_strategy(
+    cfg: RunConfig, n_clients: int, *, central_sigma: float, budget: CentralBudget | None
+) -> CheckedReplies:
+    """What a training round runs: reply checks around (central DP release around) the strategy.
+
+    ``CheckedReplies(CentralRelease(DifferentialPrivacyServerSideFixedClipping(FedAvg)))``
+    under central DP, ``CheckedReplies(<fed.strategy>)`` otherwise.
+    """
+    strategy = create_strategy(cfg, n_clients, central_sigma=central_sigma)
+    if cfg.dp.mode == "central":
+        if budget is None:
+            raise ValueError("central DP needs the server's CentralBudget to record releases")
+        strategy = CentralRelease(
+            strategy,
+            sigma=central_sigma,
+            clip=cfg.fed.central_clip,
+            planned=clients_per_round(cfg, n_clients),
+            budget=budget,
+        )
+    return CheckedReplies(strategy, cfg)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flwr.app import Error, Message, MessageType, RecordDict
 
-from server.federation import _client_row, _node_of
+from server.checks import client_row as _client_row
+from server.checks import node_of as _node_of
 
 from .messages import incoming, reply_from
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,11 +22,13 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.task_identity import TaskIdentity
 
 from common import records as R
-from common.central_dp import central_epsilon, round_release
+from common.central_dp import CentralLedger, central_epsilon, round_release
 from common.config import MEAN_STRATEGIES, RunConfig
 from common.privacy import default_delta
+from server.central_budget import CentralBudget
 from server.federation import central_sigma
-from server.strategies import STRATEGIES, clients_per_round, create_strategy
+from server.strategies import STRATEGIES, clients_per_round, create_strategy, round_strategy
+from server.wrappers import CentralRelease, CheckedReplies
 
 from .messages import reply_from
 
@@ -220,3 +223,37 @@ def test_one_client_moves_the_central_dp_aggregate_at_most_clip_over_n(
     moved = float(np.linalg.norm(R.from_record(new)["w"] - current["w"]))
     # each client moves the unweighted mean by at most clip / 2 (here: clip + |small|, over 2)
     assert moved <= (clip + 1e-3) / 2 * (1 + 1e-6)
+
+
+def test_a_dropped_update_counts_as_no_change_under_central_dp(
+    cfg: RunConfig, server_identity: None, tmp_path: Any
+) -> None:
+    # Two clients sampled, one reply usable: the released aggregate is current + update / 2
+    # (the mean over the *sampled*), so one client moves it by at most clip / m whether its
+    # update is used or dropped; a mean over the k usable would move it by the full clip.
+    clip = 0.5
+    c = _with(cfg, dp__mode="central", fed__central_clip=clip, fed__min_clients=1)
+    budget = CentralBudget(CentralLedger([], None), "run", 2, 1e-5, math.inf)
+    strategy = round_strategy(c, 2, central_sigma=0.0, budget=budget)
+    current = {"w": np.zeros(4, np.float32)}
+    sent = list(strategy.configure_train(1, R.to_record(current), ConfigRecord(), FakeGrid(2)))  # type: ignore[arg-type]
+    assert len(sent) == 2
+    big = {"w": np.full(4, 10.0, np.float32)}
+    new, _ = strategy.aggregate_train(1, [reply_from(101, {R.UNIT_WEIGHT: 1}, big)])
+    assert new is not None
+    moved = float(np.linalg.norm(R.from_record(new)["w"] - current["w"]))
+    assert moved == pytest.approx(clip / 2, rel=1e-5)
+    assert strategy.last.rows[-1]["dropped"].startswith("no reply")
+    assert budget.ledger.entries[0].sampled == 2  # recorded: multiplier 0 (no noise), m = 2
+
+
+def test_round_strategy_composes_checks_around_the_central_release(cfg: RunConfig) -> None:
+    c = _with(cfg, dp__mode="central")
+    budget = CentralBudget(CentralLedger([], None), "run", 4, 1e-5, math.inf)
+    strategy = round_strategy(c, 4, central_sigma=1.0, budget=budget)
+    assert isinstance(strategy, CheckedReplies) and isinstance(strategy.strategy, CentralRelease)
+    assert isinstance(strategy.strategy.strategy, DifferentialPrivacyServerSideFixedClipping)
+    plain = round_strategy(_with(cfg, dp__mode="local"), 4, central_sigma=0.0, budget=None)
+    assert isinstance(plain, CheckedReplies) and type(plain.strategy) is FedAvg
+    with pytest.raises(ValueError, match="CentralBudget"):
+        round_strategy(c, 4, central_sigma=1.0, budget=None)

@@ -1,0 +1,169 @@
+"""One round's steps: round 0 (the sites' DP popularity prior), a training round, its evaluation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from common import records as R
+from common.config import RunConfig
+from common.model import PRIOR_KEY
+from server.checks import decline_reason, declined, site_label, sort_replies
+from server.evaluation import EvaluateFn
+from server.report import PRIVACY_KEYS, aggregate_eval
+from server.wrappers import CheckedReplies
+
+log = logging.getLogger("flwr.fedrec")
+
+
+@dataclass
+class RoundResult:
+    """One finished round as results.json's history stores it (`to_json`)."""
+
+    round: int
+    clients: list[dict[str, Any]]
+    n_aggregated: int
+    train: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    eval: dict[str, Any] = field(default_factory=dict)
+    site_eval: dict[str, Any] = field(default_factory=dict)
+    eval_declined: list[dict[str, Any]] = field(default_factory=list)
+    eval_privacy: list[dict[str, Any]] = field(default_factory=list)
+    central: dict[str, Any] = field(default_factory=dict)  # central DP: release, epsilons
+
+    def to_json(self) -> dict[str, Any]:
+        """The history row (the keys of the first version, central-DP keys only under it)."""
+        return {
+            "round": self.round,
+            "wall_s": self.wall_s,
+            "clients": self.clients,
+            "n_aggregated": self.n_aggregated,
+            "train": self.train,
+            "eval": self.eval,
+            "site_eval": self.site_eval,
+            "eval_declined": self.eval_declined,
+            "eval_privacy": self.eval_privacy,
+            **self.central,
+        }
+
+
+def instruction(rnd: int, run_key: str, cfg: RunConfig) -> ConfigRecord:
+    """The ConfigRecord every training instruction of round `rnd` carries."""
+    return ConfigRecord(
+        {
+            R.ROUND: rnd,
+            R.RUN_KEY: run_key,
+            R.COLLECT_PRIOR: rnd == 0,
+            R.PROXIMAL_MU: cfg.fed.proximal_mu if cfg.fed.strategy == "fedprox" else 0.0,
+        }
+    )
+
+
+def prior_round(
+    grid: Grid, cfg: RunConfig, state: dict[str, np.ndarray], run_key: str
+) -> tuple[ArrayRecord | None, RoundResult, str]:
+    """Round 0: every node releases its (DP) popularity histogram; the prior is their sum.
+
+    No strategy sampling and no training: the trainable arrays stay the initial ones.
+    Returns (new state or None, the round's result, why it stopped).
+    """
+    record = R.to_record(state)
+    sent = [
+        Message(
+            RecordDict({R.ARRAYS: record, R.CONFIG: instruction(0, run_key, cfg)}),
+            dst_node_id=n,
+            message_type=MessageType.TRAIN,
+        )
+        for n in grid.get_node_ids()
+    ]
+    replies = list(grid.send_and_receive(sent, timeout=cfg.fed.round_timeout))
+    got = sort_replies(0, sent, replies, state, cfg, prior_round=True)
+    result = RoundResult(0, got.rows, len(got.good))
+    if not got.enough(cfg.fed.min_clients):
+        why = f"stopped at round 0: {len(got.good)} usable replies of {got.sampled}"
+        log.error("[fedrec] %s (fed.min-clients = %d)", why, cfg.fed.min_clients)
+        return None, result, why
+    log.info("[fedrec] round 0: aggregating %d of %d replies", len(got.good), got.sampled)
+    return aggregate_prior(got.good, state), result, ""
+
+
+def aggregate_prior(replies: list[Message], state: dict[str, np.ndarray]) -> ArrayRecord:
+    """The sum of the sites' (noisy) histograms.
+
+    Sites send sums, not means, so no site reveals its user count; the prior is used only up
+    to scale (standardised log-popularity, normalised negative sampling). Only the prior
+    changes; the trainable arrays stay the initial ones.
+    """
+    priors = [R.from_record(r.content.array_records[R.ARRAYS])[PRIOR_KEY] for r in replies]
+    total = np.sum([p.astype(np.float64) for p in priors], axis=0)
+    return R.to_record({**state, PRIOR_KEY: total.astype(np.float32)})
+
+
+def train_round(
+    grid: Grid,
+    strategy: CheckedReplies,
+    cfg: RunConfig,
+    rnd: int,
+    state: dict[str, np.ndarray],
+    run_key: str,
+) -> tuple[ArrayRecord | None, RoundResult, str]:
+    """A training round over the composed strategy: sample, send, check, aggregate."""
+    sent = list(strategy.configure_train(rnd, R.to_record(state), instruction(rnd, run_key, cfg),
+                                         grid))  # fmt: skip
+    replies = list(grid.send_and_receive(sent, timeout=cfg.fed.round_timeout))
+    new, metrics = strategy.aggregate_train(rnd, replies)
+    result = RoundResult(rnd, strategy.last.rows, len(strategy.last.good), dict(metrics or {}))
+    return new, result, strategy.stop_reason
+
+
+def evaluate_round(
+    grid: Grid,
+    strategy: CheckedReplies,
+    cfg: RunConfig,
+    result: RoundResult,
+    new: ArrayRecord,
+    run_key: str,
+    evaluate_fn: EvaluateFn | None,
+) -> None:
+    """Ask the sites to evaluate `new` and fill `result`'s evaluation fields.
+
+    In simulation the server holds the data and evaluates itself (`evaluate_fn`: nothing
+    released by a site); the sites' (noised) aggregate is kept beside it as ``site_eval``.
+    """
+    rnd = result.round
+    config = ConfigRecord({R.EVAL_SPLIT: "test", R.PER_USER: cfg.fed.per_user_metrics,
+                           R.ROUND: rnd, R.RUN_KEY: run_key})  # fmt: skip
+    msgs = list(strategy.configure_evaluate(rnd, new, config, grid))
+    usable = []
+    for r in grid.send_and_receive(msgs, timeout=cfg.fed.round_timeout):
+        if r.has_error():
+            continue
+        if declined(r):
+            why = decline_reason(r)
+            log.warning("[fedrec] round %d: node %s declines evaluation: %s", rnd,
+                        r.metadata.src_node_id, why)  # fmt: skip
+            result.eval_declined.append(
+                {"node": int(r.metadata.src_node_id), "label": site_label(r), "reason": why}
+            )
+        else:
+            usable.append(r)
+    result.site_eval = aggregate_eval(usable)
+    result.eval = evaluate_fn(R.from_record(new)) if evaluate_fn is not None else result.site_eval
+    result.eval_privacy = [
+        {
+            "node": int(r.metadata.src_node_id),
+            "label": site_label(r),
+            **{
+                k: float(v)  # type: ignore[arg-type]
+                for k, v in r.content.metric_records[R.METRICS].items()
+                if k in PRIVACY_KEYS and k != R.DECLINED
+            },
+        }
+        for r in usable
+        if "epsilon" in r.content.metric_records[R.METRICS]
+    ]
