@@ -14,6 +14,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from common import records as R
+from common.baseline_runs import run_baselines
 from common.config import RunConfig, parse_config
 from common.model import PRIOR_KEY, RecModel, load_trainable_state, save_adapter, trainable_state
 from common.task import device, load_corpus
@@ -52,8 +53,6 @@ def main(grid: Grid, context: Context) -> None:
         corpus = load_corpus(cfg.data)
 
         def baselines() -> dict[str, Any]:
-            from simulations.centralized import run_baselines
-
             return run_baselines(corpus, seed=cfg.train.seed)
 
         n_items = corpus.data.n_items

@@ -31,12 +31,12 @@ from common import audit_bounds as B
 from common.canary import make_canaries
 from common.config import ConfigError, RunConfig, parse_config, parse_overrides
 from common.evaluate import ScoreFn, model_score_fn
+from common.io import write_json_atomic
 from common.model import RecModel, load_adapter
 from common.privacy import epsilon_of
 from common.task import device, heldout_users, load_catalogue, load_corpus
 from simulations import federated
 from simulations.audit_report import markdown, plot_roc, verdict
-from simulations.io import write_json_atomic
 
 # The attack family: each gives one score per (history, item); the bounds take the best attack
 # with a correction for having chosen it (Bonferroni for the one-run bound, a held-out half

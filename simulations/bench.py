@@ -30,11 +30,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from common.backbone import load_backbone, make_tiny_backbone
 from common.config import RunConfig, parse_config
 from common.evaluate import evaluate_scores, model_score_fn
+from common.io import write_json_atomic
 from common.model import trainable_state
 from common.records import state_bytes
 from common.task import setup
 from common.train import DPPlan, make_batch, per_user_loss, plan_dp, train
-from simulations.io import write_json_atomic
 from simulations.scale import run_scale, scale_overrides
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, load_defaults, parse_config, parse_overrides
+from common.io import clean_json
 from simulations import federated
 from simulations.fairness import cold_start, fairness
-from simulations.io import _clean
 from simulations.scale import run_scale, scale_overrides
 
 PRESETS = Path(__file__).resolve().parent / "presets"
@@ -53,7 +53,7 @@ class Point:
 
 def point_id(kind: str, overrides: dict[str, Any]) -> str:
     """Short, stable hash of a point's kind and overrides."""
-    text = json.dumps(_clean({"kind": kind, **overrides}), sort_keys=True)
+    text = json.dumps(clean_json({"kind": kind, **overrides}), sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -161,7 +161,7 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
-        fh.write(json.dumps(_clean(row)) + "\n")
+        fh.write(json.dumps(clean_json(row)) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -310,7 +310,7 @@ def run_sweep(points: list[Point], out: Path, *, log: Any = None) -> list[dict]:
     varying = sorted(
         k
         for k in {k for p in points for k in p.overrides}
-        if len({json.dumps(_clean(p.overrides.get(k))) for p in points}) > 1
+        if len({json.dumps(clean_json(p.overrides.get(k))) for p in points}) > 1
     )
     log(f"{len(points)} points: {len(points) - len(todo)} already completed, {len(todo)} to run")
     rows: list[dict] = []
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         for p in points:
-            print(p.id, p.kind, ",".join(p.settings), json.dumps(_clean(p.overrides)))
+            print(p.id, p.kind, ",".join(p.settings), json.dumps(clean_json(p.overrides)))
         print(f"{len(points)} points")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
