@@ -200,7 +200,7 @@ def accounted(res: dict[str, Any], ledgers: dict[str, Any], delta_audit: float) 
         return {"epsilon_run": math.inf, "epsilon_audit": math.inf, "delta_run": None}
     if p["mode"] != "local":
         raise ConfigError("the canary audit needs dp.mode 'local' or 'none' (user-level DP)")
-    at = [epsilon_of(A._events(led["rounds"]), delta=delta_audit) for led in ledgers.values()]
+    at = [epsilon_of(A.ledger_events(led["rounds"]), delta=delta_audit) for led in ledgers.values()]
     return {
         "epsilon_run": float(p["epsilon"]),
         "delta_run": float(p["delta"]),

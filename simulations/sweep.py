@@ -226,7 +226,7 @@ def run_central(over: dict[str, Any], out: Path) -> dict[str, Any]:
     """`python -m simulations.centralized` in a child process (its memory is freed after)."""
     pairs = []
     for k, v in over.items():
-        text = federated._toml(v)
+        text = federated.toml_value(v)
         if any(c.isspace() for c in text):
             raise ValueError(f"central override {k}={text!r} contains whitespace")
         pairs.append(f"{k}={text}")
