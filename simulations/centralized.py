@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from common.baseline_runs import evaluator_for, run_baselines
 from common.config import ConfigError, RunConfig, parse_config, parse_overrides
-from common.data import DataError
 from common.evaluate import evaluate_scores, model_score_fn
+from common.interactions import DataError
 from common.io import write_json_atomic
 from common.model import save_adapter
 from common.privacy import PrivacyError, epsilon_of
