@@ -29,8 +29,8 @@ from server.strategies import clients_per_round, create_strategy
 log = logging.getLogger("flwr.fedrec")
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0) -> list[int]:
-    """Block until at least `n` nodes are connected (or time out with a clear error)."""
+def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+    """Block until at least `n` nodes are connected, or `timeout` seconds pass (a clear error)."""
     t0 = time.time()
     while True:
         nodes = list(grid.get_node_ids())
@@ -77,7 +77,7 @@ def run_federation(
     evaluate_fn: Any = None,
 ) -> dict[str, Any]:
     """Run (or resume) `fed.rounds` rounds; return the final results dictionary."""
-    nodes = wait_for_nodes(grid, cfg.fed.min_clients)
+    nodes = wait_for_nodes(grid, cfg.fed.min_clients, cfg.fed.node_wait)
     n_clients = len(nodes)
     sigma, q, delta = central_sigma(cfg, n_clients)
     strategy: Strategy = create_strategy(cfg, n_clients, central_sigma=sigma)

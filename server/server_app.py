@@ -32,7 +32,7 @@ def initial_from_node(grid: Grid, cfg: RunConfig) -> dict[str, np.ndarray]:
     Used when the server holds no data (`fed.server-data = false`, deployment): the model's
     shape depends on the catalogue, which only the sites have.
     """
-    node = wait_for_nodes(grid, 1)[0]
+    node = wait_for_nodes(grid, 1, cfg.fed.node_wait)[0]
     msg = Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
     replies = list(grid.send_and_receive([msg], timeout=cfg.fed.round_timeout))
     if not replies or replies[0].has_error():
