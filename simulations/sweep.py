@@ -9,7 +9,8 @@ Example::
 A preset (`simulations/presets/sweep-<name>.toml`) holds ``[base]`` overrides, a ``[grid]`` of
 key -> list of values (cartesian product), optional named ``[[point]]`` override sets (the grid
 is crossed with each; the name is the point's *setting*), ``[central]`` (epsilons and overrides
-of the central rows) and ``[scale]`` (overrides of the ``--scale N`` run). Precedence: base <
+of the central rows) and ``[scale]`` (overrides of the ``--scale N`` run, plus its one field
+that is not a config key, ``clients-per-round``: clients sampled per round). Precedence: base <
 point < grid value < ``--run-config``. A point whose ``dp.epsilon`` is ``inf`` runs with
 ``dp.mode = "none"``. Each finished point appends one JSON line to ``DIR/results.jsonl``;
 points whose id (a hash of their overrides) already has a completed row are skipped.
@@ -35,7 +36,7 @@ from common.config import ConfigError, load_defaults, parse_config, parse_overri
 from common.io import clean_json
 from simulations import federated
 from simulations.fairness import cold_start, fairness
-from simulations.scale import run_scale, scale_overrides
+from simulations.scale import run_scale, scale_overrides, split_scale_table
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 TABLES = ("description", "base", "grid", "point", "central", "scale")
@@ -290,7 +291,8 @@ def run_one(pt: Point, out: Path, *, log: Any = None) -> dict[str, Any]:
 
 def plan_scale(spec: dict[str, Any], n_clients: int, extra: dict[str, Any]) -> Point:
     """The ``--scale N`` point: N synthetic single-user clients, ``clients-per-round`` sampled."""
-    over = scale_overrides(dict(spec.get("scale", {})), n_clients, extra)
+    table, per_round = split_scale_table(spec.get("scale", {}))
+    over = scale_overrides(table, n_clients, extra, per_round=per_round)
     return Point(point_id("scale", over), "scale", over, ["scale"])
 
 
