@@ -1,1 +1,1 @@
-"""Flower ClientApp: thin wiring over `common`."""
+"""Flower ClientApp: thin wiring over `common` (the only package it imports)."""

@@ -19,7 +19,7 @@ from common.canary import make_canaries
 from common.config import RunConfig
 from common.model import RecModel, load_trainable_state, trainable_state
 from common.policy import SitePolicy, load_policy
-from common.privacy import REPORT_DELTA, Ledger, PrivacyError, noise_seed
+from common.privacy import REPORT_DELTA, Ledger, PrivacyError, noise_seed, site_ledger_dir
 from common.records import UNIT_WEIGHT as R_UNIT_WEIGHT
 from common.records import state_digest
 from common.task import (
@@ -142,7 +142,7 @@ def get_site(run_config: dict[str, Any], node_config: dict[str, Any]) -> Site:
     cfg, name, users = node_setup(run_config, node_config)
     ledger = node_config.get("ledger-path") or None
     if ledger is None and cfg.dp.local:
-        root = Path(cfg.dp.ledger_dir or os.path.join(cfg.fed.out_dir, "ledgers"))
+        root = site_ledger_dir(cfg)
         ledger = str(root / f"{name}.json")
     index, n_sites = (
         (int(node_config["partition-id"]), int(node_config["num-partitions"]))

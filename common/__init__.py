@@ -1,1 +1,1 @@
-"""Shared core: config, data, model, training, privacy accounting and metrics."""
+"""Shared core: config, data, model, training, privacy, metrics (imports no other package)."""

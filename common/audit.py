@@ -51,7 +51,8 @@ def membership_attack(
 # ---------------------------------------------------------------- ledger check
 
 
-def _events(rows: Sequence[Mapping[str, Any]]) -> list[tuple[float, float, int]]:
+def ledger_events(rows: Sequence[Mapping[str, Any]]) -> list[tuple[float, float, int]]:
+    """The (noise multiplier, sample rate, steps) events of ledger rows, for `epsilon_of`."""
     return [(float(r["sigma"]), float(r["q"]), int(r["steps"])) for r in rows]
 
 
@@ -145,8 +146,8 @@ def ledger_check(
         per_round: list[dict[str, Any]] = []
         for rnd in sorted({int(r["round"]) for r in rows}):
             upto = [r for r in rows if int(r["round"]) <= rnd]
-            prv = epsilon_of(_events(upto), delta=delta, accountant="prv")
-            rdp = epsilon_of(_events(upto), delta=delta, accountant="rdp")
+            prv = epsilon_of(ledger_events(upto), delta=delta, accountant="prv")
+            rdp = epsilon_of(ledger_events(upto), delta=delta, accountant="rdp")
             stored = [
                 float(r["epsilon"]) for r in upto if int(r["round"]) == rnd and "epsilon" in r
             ]

@@ -252,10 +252,12 @@ class FedConfig:
     qffl_q: float
     qffl_lr: float
     trim_beta: float
+    krum_malicious: int
     central_clip: float
     central_noise: float
     update_norm_bound: float
     round_timeout: float
+    node_wait: float
     per_user_metrics: bool
     out_dir: str
     seed: int
@@ -277,6 +279,7 @@ class FedConfig:
         )
         _check(self.min_clients >= 1, "fed.min-clients", self.min_clients, "must be >= 1")
         _check(self.round_timeout > 0, "fed.round-timeout", self.round_timeout, "must be > 0")
+        _check(self.node_wait > 0, "fed.node-wait", self.node_wait, "must be > 0 (seconds)")
         _check(self.proximal_mu >= 0, "fed.proximal-mu", self.proximal_mu, "must be >= 0")
         _check(self.qffl_q >= 0, "fed.qffl-q", self.qffl_q, "must be >= 0")
         _check(self.qffl_lr > 0, "fed.qffl-lr", self.qffl_lr, "must be > 0")
@@ -289,6 +292,12 @@ class FedConfig:
             "must be > 0",
         )
         _check(0 <= self.trim_beta < 0.5, "fed.trim-beta", self.trim_beta, "must be in [0, 0.5)")
+        _check(
+            self.krum_malicious >= 0,
+            "fed.krum-malicious",
+            self.krum_malicious,
+            "must be >= 0 (malicious clients Krum tolerates)",
+        )
 
 
 @dataclass(frozen=True)

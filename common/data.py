@@ -1,4 +1,4 @@
-"""Interaction data: MovieLens loaders, the data-set registry and item text."""
+"""Interaction data: MovieLens loaders and the data-set registry (types: common.interactions)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import csv
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common.download import resolve_data_dir
+from common.interactions import DataError, Interactions, item_text
+from common.synthetic import generate
 
 ML_100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -24,62 +25,6 @@ _NO_GENRES = "(no genres listed)"
 _INT = re.compile(r"[+-]?[0-9]{1,19}")
 _Rows = list[tuple[int, list[str]]]  # (1-based line, fields)
 _DataDir = str | os.PathLike[str] | None
-
-
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file and the 1-based line."""
-
-
-@dataclass(frozen=True, eq=False)
-class Interactions:
-    """Implicit-feedback interactions with public item text.
-
-    ``users``/``items`` hold indices into ``user_ids``/``item_ids`` (both sorted ascending);
-    rows are kept in file order and duplicate (user, item) pairs (re-ratings) are kept.
-    ``user_attrs`` arrays are aligned with ``user_ids``.
-    """
-
-    name: str
-    item_ids: np.ndarray
-    item_texts: tuple[str, ...]
-    item_genres: tuple[tuple[str, ...], ...]
-    user_ids: np.ndarray
-    users: np.ndarray
-    items: np.ndarray
-    timestamps: np.ndarray
-    user_attrs: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        n, expected = len(self.users), {"item_texts": self.n_items, "item_genres": self.n_items}
-        for key, size in ({"items": n, "timestamps": n} | expected).items():
-            if len(getattr(self, key)) != size:
-                raise ValueError(
-                    f"{self.name}: `{key}` has {len(getattr(self, key))} entries, not {size}"
-                )
-        for key, values in self.user_attrs.items():
-            if len(values) != self.n_users:
-                raise ValueError(f"{self.name}: user_attrs[{key!r}] has {len(values)} entries")
-        for key, index, size in (
-            ("users", self.users, self.n_users),
-            ("items", self.items, self.n_items),
-        ):
-            if len(index) and (index.min() < 0 or index.max() >= size):
-                raise ValueError(f"{self.name}: `{key}` index out of range [0, {size})")
-
-    @property
-    def n_users(self) -> int:
-        """Number of users."""
-        return len(self.user_ids)
-
-    @property
-    def n_items(self) -> int:
-        """Number of catalogue items (including items without interactions)."""
-        return len(self.item_ids)
-
-
-def item_text(title: str, genres: Sequence[str]) -> str:
-    """Return the public text of an item: ``"Title (year). Genre, Genre"`` or the title alone."""
-    return f"{title}. {', '.join(genres)}" if genres else title
 
 
 # ---------------------------------------------------------------- reading and parsing
@@ -312,8 +257,6 @@ def _load_synthetic(
     data_dir: _DataDir = None, *, min_interactions: int = 3, **kwargs: Any
 ) -> Interactions:
     """Generate the synthetic data set (``data_dir`` is ignored; ``kwargs`` go to the generator)."""
-    from common.synthetic import generate  # local import: synthetic imports this module
-
     data = generate(**kwargs)
     if (fewest := np.bincount(data.users, minlength=data.n_users).min()) < min_interactions:
         raise DataError(f"synthetic: a user has {fewest} interactions, < {min_interactions}")

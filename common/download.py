@@ -12,6 +12,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from common.interactions import DataError
+
 ML_LATEST_SMALL_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
 ML_LATEST_SMALL_SHA256 = {  # 2018 release
     "links.csv": "97ad18e4e56a09363c65676b6cb3482ce3e2cea2372a24620c1599c843325f31",
@@ -33,8 +35,6 @@ def _fetch(url: str, dest: Path) -> None:
 
 def _download_ml_latest_small(target: Path) -> None:
     """Download, verify (SHA-256) and atomically move the ml-latest-small files into ``target``."""
-    from common.data import DataError  # local import: data imports this module
-
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -75,8 +75,6 @@ def resolve_data_dir(name: str, data_dir: str | os.PathLike[str] | None) -> Path
     the cache (checksums verified); other MovieLens licences forbid redistribution, so a
     missing cache raises :class:`DataError` saying where to put the files.
     """
-    from common.data import DataError  # local import: data imports this module
-
     if data_dir is not None:
         return Path(data_dir)
     if env := os.environ.get("FEDREC_DATA_DIR"):

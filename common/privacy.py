@@ -18,6 +18,8 @@ import numpy as np
 from filelock import FileLock
 from opacus.accountants import create_accountant
 
+from common.config import RunConfig
+
 # One accountant event: (noise multiplier, sample rate, number of steps), as in Opacus' history.
 Event = tuple[float, float, int]
 
@@ -65,6 +67,11 @@ def noise_seed(*, reproducible: bool, label: str) -> int:
     if reproducible:  # the rule of the first version, so reproducible runs match its figures
         return int.from_bytes(hashlib.sha256(label.encode()).digest()[:4], "little")
     return secrets.randbits(63)
+
+
+def site_ledger_dir(cfg: RunConfig) -> Path:
+    """Folder of the simulated sites' ledgers: `dp.ledger-dir`, else ``<fed.out-dir>/ledgers``."""
+    return Path(cfg.dp.ledger_dir or os.path.join(cfg.fed.out_dir, "ledgers"))
 
 
 def default_delta(protected_users: int, max_delta: float) -> float:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.data import Interactions
+from common.interactions import Interactions
 
 
 @dataclass(frozen=True, eq=False)

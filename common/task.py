@@ -11,7 +11,8 @@ import torch
 
 from common.catalogue import Catalogue, build_catalogue
 from common.config import DataConfig, ModelConfig, RunConfig
-from common.data import Interactions, load_dataset
+from common.data import load_dataset
+from common.interactions import Interactions
 from common.model import RecModel
 from common.privacy import test_only_zero_noise, user_histogram
 from common.split import Split, dominant_genre, leave_one_out, partition_users

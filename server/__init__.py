@@ -1,1 +1,1 @@
-"""Flower ServerApp: thin wiring over `common`."""
+"""Flower ServerApp: thin wiring over `common` (the only package it imports)."""

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from common.config import RunConfig
-from simulations.io import write_json_atomic
+from common.io import write_json_atomic
 
 # Keys that may differ between the interrupted and the resumed run.
-_RESUMABLE = {"fed.rounds", "fed.round-timeout", "fed.out-dir"}
+_RESUMABLE = {"fed.rounds", "fed.round-timeout", "fed.node-wait", "fed.out-dir"}
 
 
 class Checkpoint:

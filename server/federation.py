@@ -28,8 +28,8 @@ from server.strategies import clients_per_round, round_strategy
 log = logging.getLogger("flwr.fedrec")
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0) -> list[int]:
-    """Block until at least `n` nodes are connected (or time out with a clear error)."""
+def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+    """Block until at least `n` nodes are connected, or `timeout` seconds pass (a clear error)."""
     t0 = time.time()
     while True:
         nodes = list(grid.get_node_ids())
@@ -88,7 +88,7 @@ def run_federation(
 
     `evaluate_fn` is a factory of the server-side evaluation, given the number of nodes.
     """
-    n_clients = len(wait_for_nodes(grid, cfg.fed.min_clients))
+    n_clients = len(wait_for_nodes(grid, cfg.fed.min_clients, cfg.fed.node_wait))
     sigma, q, delta = central_sigma(cfg, n_clients)
     run_key = run_key_of(cfg)
     ckpt = Checkpoint(out, cfg)

@@ -14,7 +14,7 @@ from common import records as R
 from common.central_dp import RELATION, SAMPLING
 from common.config import RunConfig
 from common.exposure import exposure_summary
-from simulations.io import write_json_atomic
+from common.io import write_json_atomic
 
 # Per-site privacy figures in a reply: reported per site, never averaged as metrics.
 PRIVACY_KEYS = ("epsilon", "delta", "epsilon-at-1e-6", "ledger-epsilon", R.DECLINED)

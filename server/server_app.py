@@ -14,6 +14,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from common import records as R
+from common.baseline_runs import run_baselines
 from common.config import RunConfig, parse_config
 from common.model import PRIOR_KEY, RecModel, load_trainable_state, save_adapter, trainable_state
 from common.task import device, load_corpus
@@ -31,7 +32,7 @@ def initial_from_node(grid: Grid, cfg: RunConfig) -> dict[str, np.ndarray]:
     Used when the server holds no data (`fed.server-data = false`, deployment): the model's
     shape depends on the catalogue, which only the sites have.
     """
-    node = wait_for_nodes(grid, 1)[0]
+    node = wait_for_nodes(grid, 1, cfg.fed.node_wait)[0]
     msg = Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
     replies = list(grid.send_and_receive([msg], timeout=cfg.fed.round_timeout))
     if not replies or replies[0].has_error():
@@ -52,8 +53,6 @@ def main(grid: Grid, context: Context) -> None:
         corpus = load_corpus(cfg.data)
 
         def baselines() -> dict[str, Any]:
-            from simulations.centralized import run_baselines
-
             return run_baselines(corpus, seed=cfg.train.seed)
 
         n_items = corpus.data.n_items

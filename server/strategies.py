@@ -46,7 +46,7 @@ STRATEGIES: dict[str, Callable[[RunConfig, int], Strategy]] = {
         **_common(c, n),
     ),
     "fedtrimmedavg": lambda c, n: FedTrimmedAvg(**_common(c, n), beta=c.fed.trim_beta),  # type: ignore[arg-type]
-    "krum": lambda c, n: Krum(**_common(c, n), num_malicious_nodes=1),  # type: ignore[arg-type]
+    "krum": lambda c, n: Krum(**_common(c, n), num_malicious_nodes=c.fed.krum_malicious),  # type: ignore[arg-type]
 }
 
 

@@ -1,1 +1,1 @@
-"""Simulation, sweep, benchmark and report scripts that drive the same apps."""
+"""Simulation, sweep, benchmark and report scripts that drive the same apps (may import all)."""

@@ -31,12 +31,12 @@ from common import audit_bounds as B
 from common.canary import make_canaries
 from common.config import ConfigError, RunConfig, parse_config, parse_overrides
 from common.evaluate import ScoreFn, model_score_fn
+from common.io import write_json_atomic
 from common.model import RecModel, load_adapter
-from common.privacy import epsilon_of
+from common.privacy import epsilon_of, site_ledger_dir
 from common.task import device, heldout_users, load_catalogue, load_corpus
 from simulations import federated
 from simulations.audit_report import markdown, plot_roc, verdict
-from simulations.io import write_json_atomic
 
 # The attack family: each gives one score per (history, item); the bounds take the best attack
 # with a correction for having chosen it (Bonferroni for the one-run bound, a held-out half
@@ -200,7 +200,7 @@ def accounted(res: dict[str, Any], ledgers: dict[str, Any], delta_audit: float) 
         return {"epsilon_run": math.inf, "epsilon_audit": math.inf, "delta_run": None}
     if p["mode"] != "local":
         raise ConfigError("the canary audit needs dp.mode 'local' or 'none' (user-level DP)")
-    at = [epsilon_of(A._events(led["rounds"]), delta=delta_audit) for led in ledgers.values()]
+    at = [epsilon_of(A.ledger_events(led["rounds"]), delta=delta_audit) for led in ledgers.values()]
     return {
         "epsilon_run": float(p["epsilon"]),
         "delta_run": float(p["delta"]),
@@ -229,8 +229,8 @@ def audit(
         res = federated.run(overrides, run_dir)
     run_s, t1 = time.time() - t0, time.time()
     cfg = parse_config(res["config"])
-    ledger_dir = Path(cfg.dp.ledger_dir or Path(cfg.fed.out_dir) / "ledgers")
-    ledgers = {f.stem: json.loads(f.read_text()) for f in sorted(ledger_dir.glob("*.json"))}
+    folder = site_ledger_dir(cfg)
+    ledgers = {f.stem: json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))}
     acc = accounted(res, ledgers, delta_audit)
     delta_run = acc["delta_run"] or 1.0 / load_corpus(cfg.data).data.n_users  # no DP: nominal
     scorer = Scorer(cfg, run_dir / "adapter", attacks)

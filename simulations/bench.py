@@ -30,11 +30,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from common.backbone import load_backbone, make_tiny_backbone
 from common.config import RunConfig, parse_config
 from common.evaluate import evaluate_scores, model_score_fn
+from common.io import write_json_atomic
 from common.model import trainable_state
 from common.records import state_bytes
 from common.task import setup
 from common.train import DPPlan, make_batch, per_user_loss, plan_dp, train
-from simulations.io import write_json_atomic
 from simulations.scale import run_scale, scale_overrides
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -42,9 +42,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lora-cached-dp": {"dp.mode": "local"},
     "ffa-cached-dp": {"dp.mode": "local", "model.lora.ffa": True},
     "lora-uncached-nodp": {"dp.mode": "none", "model.cache-lower-layers": False},
-    "lora-all-layers-nodp": {"dp.mode": "none", "model.lora.layers": -1},
-    "lora-all-layers-dp": {"dp.mode": "local", "model.lora.layers": -1},
+    "lora-all-layers-nodp": {"dp.mode": "none"},
+    "lora-all-layers-dp": {"dp.mode": "local"},
 }
+# Variants with LoRA on every backbone layer: `model.lora.layers` is set to the backbone's layer
+# count when they run (it depends on `model.backbone`, so it cannot be a fixed override).
+ALL_LAYER_VARIANTS = ("lora-all-layers-nodp", "lora-all-layers-dp")
 
 
 def machine() -> dict[str, Any]:
@@ -176,8 +179,8 @@ FEDERATED: dict[str, Any] = {
     "dp.epsilon": 8.0,
     "fed.rounds": 2,
     "fed.min-clients": 2,
-    "clients-per-round": 10,
 }
+FEDERATED_PER_ROUND = 10  # clients sampled per round: memory should not grow with N
 
 
 def federated_scale(base: dict[str, Any], sizes: list[int], out: Path) -> list[dict[str, Any]]:
@@ -186,7 +189,7 @@ def federated_scale(base: dict[str, Any], sizes: list[int], out: Path) -> list[d
     rows = []
     for n in sizes:
         print(f"[bench] federated simulation with {n} clients ...", file=sys.stderr, flush=True)
-        over = scale_overrides(FEDERATED, n, extra)
+        over = scale_overrides(FEDERATED, n, extra, per_round=FEDERATED_PER_ROUND)
         res = run_scale(over, out / "federated" / str(n))
         rows.append(
             {
@@ -232,7 +235,8 @@ def run(
     for name, over in VARIANTS.items():
         if only and name not in only:
             continue
-        over = {k: (n_layers if v == -1 else v) for k, v in over.items()}
+        if name in ALL_LAYER_VARIANTS:
+            over = {**over, "model.lora.layers": n_layers}
         t0 = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         row = measure(base, name, over, steps)

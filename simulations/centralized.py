@@ -24,46 +24,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.baselines import create_baseline
+from common.baseline_runs import evaluator_for, run_baselines
 from common.config import ConfigError, RunConfig, parse_config, parse_overrides
-from common.data import DataError
 from common.evaluate import evaluate_scores, model_score_fn
-from common.exposure import long_tail_items
-from common.metrics import RankingEvaluator
+from common.interactions import DataError
+from common.io import write_json_atomic
 from common.model import save_adapter
 from common.privacy import PrivacyError, epsilon_of
-from common.task import Corpus, local_histogram, set_prior, setup
+from common.task import local_histogram, set_prior, setup
 from common.train import plan_dp, train
-from simulations.io import write_json_atomic
-
-BASELINES = ("most-popular", "ease")
-
-
-def evaluator_for(corpus: Corpus, seed: int) -> RankingEvaluator:
-    """A ranking evaluator with the long tail of this split's training data."""
-    tail = long_tail_items(list(corpus.split.train), corpus.data.n_items)
-    return RankingEvaluator(corpus.data.n_items, seed=seed, long_tail_items=tail)
-
-
-def run_baselines(corpus: Corpus, *, seed: int) -> dict[str, dict[str, Any]]:
-    """Most-popular and EASE on the same split and protocol as the model."""
-    out = {}
-    local = corpus.everyone()
-    for name in BASELINES:
-        base = create_baseline(name, list(corpus.split.train), corpus.data.n_items)
-
-        def score(_rows: np.ndarray, known: list[np.ndarray], b: Any = base) -> np.ndarray:
-            return np.asarray(b.scores_for(known))
-
-        ev = evaluate_scores(
-            score,
-            local,
-            corpus.data.n_items,
-            which="test",
-            evaluator=evaluator_for(corpus, seed),
-        )
-        out[name] = {**ev.result(), **ev.curves()}
-    return out
 
 
 def run(cfg: RunConfig, out: Path) -> dict[str, Any]:

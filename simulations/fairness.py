@@ -111,9 +111,9 @@ def cold_start(results: dict[str, Any], corpus: Any, *, seed: int) -> dict[str, 
     what the text tower does for cold items even when a popularity-weighted top 10 never
     reaches them (most-popular ranks every cold item among the never-seen ones).
     """
+    from common.baseline_runs import evaluator_for
     from common.baselines import create_baseline
     from common.evaluate import evaluate_scores
-    from simulations.centralized import evaluator_for
 
     split = corpus.split
     pu = per_user_lists(results)
@@ -160,11 +160,11 @@ def _text_only_cold(
     Isolates what the text towers do for items nobody trained on (the prior puts every cold
     item at its floor). None when the run saved no adapter (e.g. a central run).
     """
+    from common.baseline_runs import evaluator_for
     from common.config import parse_config
     from common.evaluate import evaluate_scores, model_score_fn
     from common.model import load_adapter
     from common.task import device, load_catalogue
-    from simulations.centralized import evaluator_for
 
     conf = results.get("config") or {}
     folder = Path(str(conf.get("fed.out-dir", ""))) / "adapter"

@@ -127,7 +127,7 @@ def run(
     run_cfg = out / "run-config.toml"
     with open(run_cfg, "w") as fh:
         for k, v in overrides.items():
-            fh.write(f'"{k}" = {_toml(v)}\n')
+            fh.write(f'"{k}" = {toml_value(v)}\n')
     env = {
         **os.environ,
         **ports,
@@ -215,7 +215,8 @@ def run_seeds(
     return summary
 
 
-def _toml(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A run-config value as a TOML literal (booleans lower-case, infinity as ``inf``)."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float) and value == float("inf"):

@@ -11,6 +11,7 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,29 @@ from common.config import ConfigError, parse_config
 from simulations import federated
 from simulations.procs import process_table
 
+# The one field of a sweep preset's ``[scale]`` table that is not a run-config key: how many of
+# the N single-user clients train (and evaluate) per round; the sampled fraction is this / N.
+PER_ROUND_FIELD = "clients-per-round"
+# Its default: a fixed sample, so a round's memory is that of a few client workers whatever N.
+DEFAULT_PER_ROUND = 20
 
-def scale_overrides(table: dict[str, Any], n_clients: int, extra: dict[str, Any]) -> dict[str, Any]:
-    """Run-config of a scale run from a preset's ``[scale]`` table (``clients-per-round``)."""
-    table = dict(table)
-    per_round = int(table.pop("clients-per-round", 20))
+
+def split_scale_table(table: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """A preset's ``[scale]`` table as (run-config overrides, clients per round), validated."""
+    over = dict(table)
+    per_round = over.pop(PER_ROUND_FIELD, DEFAULT_PER_ROUND)
+    if isinstance(per_round, bool) or not isinstance(per_round, int) or per_round < 1:
+        raise ConfigError(
+            f"[scale] `{PER_ROUND_FIELD}` must be an integer >= 1 (clients sampled per round), "
+            f"got {per_round!r}"
+        )
+    return over, per_round
+
+
+def scale_overrides(
+    table: Mapping[str, Any], n_clients: int, extra: dict[str, Any], *, per_round: int
+) -> dict[str, Any]:
+    """Run-config of a scale run: `table`'s overrides, N clients, `per_round` sampled a round."""
     frac = min(1.0, per_round / n_clients)
     over = {
         **table,

@@ -9,7 +9,8 @@ Example::
 A preset (`simulations/presets/sweep-<name>.toml`) holds ``[base]`` overrides, a ``[grid]`` of
 key -> list of values (cartesian product), optional named ``[[point]]`` override sets (the grid
 is crossed with each; the name is the point's *setting*), ``[central]`` (epsilons and overrides
-of the central rows) and ``[scale]`` (overrides of the ``--scale N`` run). Precedence: base <
+of the central rows) and ``[scale]`` (overrides of the ``--scale N`` run, plus its one field
+that is not a config key, ``clients-per-round``: clients sampled per round). Precedence: base <
 point < grid value < ``--run-config``. A point whose ``dp.epsilon`` is ``inf`` runs with
 ``dp.mode = "none"``. Each finished point appends one JSON line to ``DIR/results.jsonl``;
 points whose id (a hash of their overrides) already has a completed row are skipped.
@@ -32,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, load_defaults, parse_config, parse_overrides
+from common.io import clean_json
 from simulations import federated
 from simulations.fairness import cold_start, fairness
-from simulations.io import _clean
-from simulations.scale import run_scale, scale_overrides
+from simulations.scale import run_scale, scale_overrides, split_scale_table
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 TABLES = ("description", "base", "grid", "point", "central", "scale")
@@ -53,7 +54,7 @@ class Point:
 
 def point_id(kind: str, overrides: dict[str, Any]) -> str:
     """Short, stable hash of a point's kind and overrides."""
-    text = json.dumps(_clean({"kind": kind, **overrides}), sort_keys=True)
+    text = json.dumps(clean_json({"kind": kind, **overrides}), sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -161,7 +162,7 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
-        fh.write(json.dumps(_clean(row)) + "\n")
+        fh.write(json.dumps(clean_json(row)) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -226,7 +227,7 @@ def run_central(over: dict[str, Any], out: Path) -> dict[str, Any]:
     """`python -m simulations.centralized` in a child process (its memory is freed after)."""
     pairs = []
     for k, v in over.items():
-        text = federated._toml(v)
+        text = federated.toml_value(v)
         if any(c.isspace() for c in text):
             raise ValueError(f"central override {k}={text!r} contains whitespace")
         pairs.append(f"{k}={text}")
@@ -290,7 +291,8 @@ def run_one(pt: Point, out: Path, *, log: Any = None) -> dict[str, Any]:
 
 def plan_scale(spec: dict[str, Any], n_clients: int, extra: dict[str, Any]) -> Point:
     """The ``--scale N`` point: N synthetic single-user clients, ``clients-per-round`` sampled."""
-    over = scale_overrides(dict(spec.get("scale", {})), n_clients, extra)
+    table, per_round = split_scale_table(spec.get("scale", {}))
+    over = scale_overrides(table, n_clients, extra, per_round=per_round)
     return Point(point_id("scale", over), "scale", over, ["scale"])
 
 
@@ -310,7 +312,7 @@ def run_sweep(points: list[Point], out: Path, *, log: Any = None) -> list[dict]:
     varying = sorted(
         k
         for k in {k for p in points for k in p.overrides}
-        if len({json.dumps(_clean(p.overrides.get(k))) for p in points}) > 1
+        if len({json.dumps(clean_json(p.overrides.get(k))) for p in points}) > 1
     )
     log(f"{len(points)} points: {len(points) - len(todo)} already completed, {len(todo)} to run")
     rows: list[dict] = []
@@ -366,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         for p in points:
-            print(p.id, p.kind, ",".join(p.settings), json.dumps(_clean(p.overrides)))
+            print(p.id, p.kind, ",".join(p.settings), json.dumps(clean_json(p.overrides)))
         print(f"{len(points)} points")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)

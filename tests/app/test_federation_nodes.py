@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flwr.app import Error, Message, MessageType, RecordDict
 
-from server.checks import client_row as _client_row
-from server.checks import node_of as _node_of
+from server.checks import client_row
+from server.checks import node_of
 
 from .messages import incoming, reply_from
 
@@ -18,7 +18,7 @@ def test_an_error_the_superlink_makes_for_a_dead_node_is_that_nodes() -> None:
     err = Message(Error(code=0, reason="Node Unavailable"), reply_to=instruction)
     err.metadata.__dict__["_src_node_id"] = 1
     sent_to = {"to-dead": dead}
-    assert _node_of(err, sent_to) == dead
-    assert _client_row(err, sent_to) == {"node": dead}
+    assert node_of(err, sent_to) == dead
+    assert client_row(err, sent_to) == {"node": dead}
     ok = reply_from(7, {"num-examples": 3})
-    assert _node_of(ok, {}) == 7  # an unknown instruction: the reply's own source
+    assert node_of(ok, {}) == 7  # an unknown instruction: the reply's own source

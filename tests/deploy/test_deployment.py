@@ -324,7 +324,7 @@ def test_plaintext_supernode_is_refused(deployment: Deployment) -> None:
 def _run_config(tmp_path: Path, over: dict[str, Any]) -> Path:
     """A run-config file: two sites' synthetic data, a tiny backbone, out in `tmp_path/out`."""
     from common.backbone import make_tiny_backbone
-    from simulations.federated import _toml
+    from simulations.federated import toml_value as _toml
 
     base: dict[str, Any] = {
         "data.dataset": "synthetic",

@@ -1,4 +1,4 @@
-"""Small file helpers for scripts: atomic JSON writes."""
+"""Small file helpers shared by server and scripts: strict JSON and atomic JSON writes."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Any
 
 
-def _clean(obj: Any) -> Any:
+def clean_json(obj: Any) -> Any:
     """Make `obj` strict-JSON: infinities and NaN become strings ("inf", "nan")."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): clean_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [clean_json(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item):
-        return _clean(obj.item())
+        return clean_json(obj.item())
     return obj
 
 
@@ -29,7 +29,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(_clean(obj), fh, indent=1)
+            json.dump(clean_json(obj), fh, indent=1)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
