@@ -15,7 +15,6 @@ canary bound is 0. See docs/audit.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -35,7 +34,7 @@ from common.io import write_json_atomic
 from common.model import RecModel, load_adapter
 from common.privacy import epsilon_of, site_ledger_dir
 from common.task import device, heldout_users, load_catalogue, load_corpus
-from simulations import federated
+from simulations import cli, federated
 from simulations.audit_report import markdown, plot_roc, verdict
 
 # The attack family: each gives one score per (history, item); the bounds take the best attack
@@ -281,14 +280,10 @@ def audit(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(
-        prog="python -m simulations.audit",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--preset", default="quick", help="audit-<name>.toml or <name>.toml")
-    ap.add_argument("--out", required=True, type=Path, help="output folder")
-    ap.add_argument("--run-config", default="", help='extra overrides "key=value ..."')
+    ap = cli.command_parser("simulations.audit", __doc__)
+    cli.add_preset(ap, "quick", "audit-<name>.toml or <name>.toml")
+    cli.add_out(ap)
+    cli.add_run_config(ap)
     ap.add_argument("--confidence", type=float, default=0.95)
     ap.add_argument(
         "--audit-delta",
@@ -321,8 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
         )
     except (ConfigError, RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.bad_input(exc)
     print("\n".join([*rep["verdict_lines"], f"-> {args.out / 'audit.md'}"]))
     if rep["verdict"] != "PASS":
         print(

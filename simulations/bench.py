@@ -12,7 +12,6 @@ description (CPU model, cores, torch threads) in `bench.json`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -35,6 +34,7 @@ from common.model import trainable_state
 from common.records import state_bytes
 from common.task import setup
 from common.train import DPPlan, make_batch, per_user_loss, plan_dp, train
+from simulations import cli
 from simulations.scale import run_scale, scale_overrides
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -293,12 +293,8 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(
-        prog="python -m simulations.bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--out", required=True, type=Path)
+    ap = cli.command_parser("simulations.bench", __doc__)
+    cli.add_out(ap)
     ap.add_argument("--tiny", action="store_true", help="synthetic data + tiny backbone (CI)")
     ap.add_argument("--steps", type=int, default=8, help="measured steps per variant")
     ap.add_argument("--data-dir", default="../shared/data/ml-latest-small")

@@ -12,7 +12,6 @@ noise is calibrated so that the popularity prior plus all passes end at that eps
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -33,6 +32,7 @@ from common.model import save_adapter
 from common.privacy import PrivacyError, epsilon_of
 from common.task import local_histogram, set_prior, setup
 from common.train import plan_dp, train
+from simulations import cli
 
 
 def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
@@ -166,11 +166,7 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(
-        prog="python -m simulations.centralized",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = cli.command_parser("simulations.centralized", __doc__)
     ap.add_argument("--dataset", default=None, help="ml-latest-small | ml-100k | ml-1m | synthetic")
     ap.add_argument("--data-dir", default=None, help="folder with the data set's files")
     ap.add_argument(
@@ -178,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="user-level DP budget; 'inf' trains without DP (default: dp.epsilon)",
     )
-    ap.add_argument("--out", required=True, type=Path, help="output folder")
-    ap.add_argument("--run-config", default="", help='overrides, e.g. "fed.rounds=2 train.lr=0.01"')
+    cli.add_out(ap)
+    cli.add_run_config(ap, 'overrides, e.g. "fed.rounds=2 train.lr=0.01"')
     args = ap.parse_args(argv)
     try:
         over = parse_overrides(args.run_config)
@@ -197,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(cfg.flat(), indent=None), file=sys.stderr)
         res = run(cfg, args.out)
     except (ConfigError, DataError, PrivacyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.bad_input(exc)
     m, b = res["metrics"], res["baselines"]["most-popular"]
     print(
         f"HR@10 {m['hr@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}  (most-popular HR@10 "

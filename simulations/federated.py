@@ -14,7 +14,6 @@ background SuperLink this command started is stopped by its pid afterwards.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -29,6 +28,7 @@ import numpy as np
 
 from common.config import ConfigError, parse_config, parse_overrides
 from common.task import load_corpus
+from simulations import cli
 from simulations.procs import free_ports, port_busy, process_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,14 +226,10 @@ def toml_value(value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(
-        prog="python -m simulations.federated",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--preset", default="", help="override file in simulations/presets/")
-    ap.add_argument("--out", required=True, type=Path, help="output folder")
-    ap.add_argument("--run-config", default="", help='extra overrides "key=value ..."')
+    ap = cli.command_parser("simulations.federated", __doc__)
+    cli.add_preset(ap, "", "override file in simulations/presets/")
+    cli.add_out(ap)
+    cli.add_run_config(ap)
     ap.add_argument(
         "--num-supernodes",
         type=int,
@@ -248,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.seeds < 1:
-        print(f"error: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
-        return 2
+        return cli.bad_input(ValueError(f"--seeds must be >= 1, got {args.seeds}"))
     try:
         over = {**load_preset(args.preset), **parse_overrides(args.run_config)}
         if args.seeds > 1:
@@ -262,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         res = run(over, args.out, num_supernodes=args.num_supernodes)
     except (ConfigError, RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.bad_input(exc)
     m = res["metrics"]
     base = res.get("baselines", {}).get("most-popular", {})
     print(

@@ -12,7 +12,6 @@ released under Gaussian noise ``sigma`` (sensitivity 1 per user).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import torch
@@ -20,15 +19,12 @@ import torch
 from common.config import parse_config
 from common.evaluate import evaluate_scores, item_matrix, model_score_fn
 from common.task import local_histogram, set_prior, setup
+from simulations import cli
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(
-        prog="python -m simulations.prior_grid",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = cli.command_parser("simulations.prior_grid", __doc__)
     ap.add_argument("--data-dir", default="../shared/data/ml-latest-small")
     ap.add_argument("--sigmas", default="0,1.66,3.3")
     ap.add_argument("--head-shares", default="0.05,0.2,0.5,1.0")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from simulations import cli
 from simulations.report_sections import (  # noqa: E402
     VIOLATION,
     baselines,
@@ -256,13 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir", type=Path, help="sweep output folder holding results.jsonl")
     args = ap.parse_args(argv)
     if not (args.dir / "results.jsonl").exists():
-        print(f"error: {args.dir / 'results.jsonl'} does not exist", file=sys.stderr)
-        return 2
+        return cli.bad_input(FileNotFoundError(f"{args.dir / 'results.jsonl'} does not exist"))
     try:
         path = write_report(args.dir)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.bad_input(exc)
     print(path)
     return 0
 

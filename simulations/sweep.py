@@ -18,7 +18,6 @@ points whose id (a hash of their overrides) already has a completed row are skip
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -34,7 +33,7 @@ from typing import Any
 
 from common.config import ConfigError, load_defaults, parse_config, parse_overrides
 from common.io import clean_json
-from simulations import federated
+from simulations import cli, federated
 from simulations.fairness import cold_start, fairness
 from simulations.scale import run_scale, scale_overrides, split_scale_table
 
@@ -335,14 +334,10 @@ def run_sweep(points: list[Point], out: Path, *, log: Any = None) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(
-        prog="python -m simulations.sweep",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--preset", default="quick", help="simulations/presets/sweep-<name>.toml")
-    ap.add_argument("--out", required=True, type=Path, help="output folder (results.jsonl)")
-    ap.add_argument("--run-config", default="", help='overrides for every run, "key=value ..."')
+    ap = cli.command_parser("simulations.sweep", __doc__)
+    cli.add_preset(ap, "quick", "simulations/presets/sweep-<name>.toml")
+    cli.add_out(ap, "output folder (results.jsonl)")
+    cli.add_run_config(ap, 'overrides for every run, "key=value ..."')
     ap.add_argument(
         "--scale",
         type=int,
@@ -364,8 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_central:
                 points += plan_central(spec, points, extra)
     except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.bad_input(exc)
     if args.dry_run:
         for p in points:
             print(p.id, p.kind, ",".join(p.settings), json.dumps(clean_json(p.overrides)))

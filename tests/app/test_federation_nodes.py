@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from flwr.app import Error, Message, MessageType, RecordDict
 
-from server.checks import client_row
-from server.checks import node_of
+from server.checks import client_row, node_of
 
 from .messages import incoming, reply_from
 
