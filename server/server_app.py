@@ -78,7 +78,7 @@ def main(grid: Grid, context: Context) -> None:
         load_trainable_state(model, state)
         save_adapter(model, folder)
 
-    run_federation(
+    results = run_federation(
         grid,
         cfg,
         initial,
@@ -87,3 +87,12 @@ def main(grid: Grid, context: Context) -> None:
         baselines_fn=baselines,
         evaluate_fn=evaluate,
     )
+    if results["status"] != "completed":  # Flower then marks the run failed (flwr ls)
+        raise IncompleteRunError(
+            f"the run ended without its planned {cfg.fed.rounds} rounds: {results['status']} "
+            f"(results so far in {out / 'results.json'})"
+        )
+
+
+class IncompleteRunError(RuntimeError):
+    """A run that stopped before its planned rounds (results.json is still written)."""

@@ -167,7 +167,10 @@ def run(
     results_f = out / "results.json"
     sub = (status or {}).get("status", "unknown")
     if rc != 0 or "fail" in str(sub).lower() or not results_f.exists():
-        raise RuntimeError(f"flwr run failed (exit {rc}, run status {sub!r}); see {log_path}")
+        why = ""
+        if results_f.exists():  # the server wrote what it had: say how far the run got
+            why = f"; results.json status: {json.loads(results_f.read_text()).get('status')!r}"
+        raise RuntimeError(f"flwr run failed (exit {rc}, run status {sub!r}{why}); see {log_path}")
     res: dict[str, Any] = json.loads(results_f.read_text())
     res.setdefault("timing", {})["flwr_run_s"] = time.time() - t0
     res["flwr_status"] = status

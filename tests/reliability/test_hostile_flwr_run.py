@@ -67,3 +67,26 @@ def test_a_nan_update_is_dropped_in_a_real_flwr_run(
     assert len(dropped_nodes) == 1  # the same (partition 0) node, every round
     flwr_log = (out / "flwr.log").read_text()
     assert "dropping reply from node" in flwr_log and "non-finite values" in flwr_log
+
+
+def test_a_run_without_its_planned_rounds_fails_loudly(
+    tmp_path: Path, tiny_backbone: Path, cache_dir: Path
+) -> None:
+    # Every site raises: round 0 has no usable reply. results.json says how far the run got,
+    # the ServerApp raises, Flower marks the run failed and the wrapper exits non-zero
+    # naming the stop (it used to be "finished:completed" with exit 0).
+    app = _hostile_copy(tmp_path / "app")
+    out = tmp_path / "out"
+    over = (
+        f'data.dataset="synthetic" data.synthetic-users=40 data.synthetic-items=80 '
+        f'model.backbone="{tiny_backbone}" model.cache-dir="{cache_dir}" '
+        'fed.rounds=1 data.num-sites=2 dp.accountant="rdp"'
+    )
+    cmd, env = federated_command(["--out", str(out), "--num-supernodes", "2", "--run-config", over])
+    env[FAULT_ENV] = "raise:1.0"
+    proc = subprocess.run(cmd, cwd=app, env=env, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "stopped at round 0: 0 usable replies of 2" in proc.stderr
+    assert "failed" in proc.stderr  # Flower's own run status
+    assert json.loads((out / "results.json").read_text())["status"].startswith("stopped")
