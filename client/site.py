@@ -30,7 +30,7 @@ from common.task import (
     local_histogram,
     setup,
 )
-from common.train import DPPlan, LocalData, plan_dp, train
+from common.train import DPPlan, LocalData, Party, party_plan, train
 
 
 @dataclass
@@ -191,25 +191,12 @@ def ledger_file(site: Site) -> Path | None:
 
 def eval_releases(site: Site) -> int:
     """Noised evaluation releases a site plans for a run: one per round (+ one after round 0)."""
-    if site.policy.release_eval != "noised":
-        return 0
-    return site.cfg.fed.rounds + (1 if site.cfg.model.prior else 0)
+    return site.policy.eval_releases(site.cfg)
 
 
 def dp_plan(site: Site) -> DPPlan | None:
     """This site's DP plan (None without local DP); raises `PrivacyError` for a bad delta."""
-    if not site.cfg.dp.local:
-        return None
-    return plan_dp(
-        site.cfg.dp,
-        site.cfg.train,
-        n_users=len(site.trainees.trainable()),
-        rounds=site.cfg.fed.rounds,
-        use_prior=site.cfg.model.prior,
-        protected_users=len(site.trainees),
-        eval_releases=eval_releases(site),
-        max_delta=site.policy.max_delta,
-    )
+    return party_plan(site.cfg, Party.of(site.cfg, site.trainees, site.policy))
 
 
 def open_ledger(site: Site, plan: DPPlan) -> Ledger:

@@ -31,12 +31,24 @@ from common.evaluate import evaluate_scores, model_score_fn
 from common.exposure import long_tail_items
 from common.metrics import RankingEvaluator
 from common.model import save_adapter
+from common.policy import SitePolicy
 from common.privacy import PrivacyError, epsilon_of
 from common.task import Corpus, local_histogram, set_prior, setup
-from common.train import plan_dp, train
+from common.train import Party, party_plan, train
 from simulations.io import write_json_atomic
 
 BASELINES = ("most-popular", "ease")
+
+# The central party's policy: a trusted curator holding every user. It evaluates in the
+# clear (so it plans no noised evaluation release), keeps no budget across runs (each run is
+# held to dp.epsilon) and releases its training diagnostics.
+CURATOR = SitePolicy(
+    max_epsilon=math.inf,
+    dp_modes=("local", "none"),
+    release_eval="plain",
+    release_diagnostics=True,
+    label="central",
+)
 
 
 def evaluator_for(corpus: Corpus, seed: int) -> RankingEvaluator:
@@ -72,20 +84,8 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
     torch.manual_seed(cfg.train.seed)
     corpus, cat, model = setup(cfg)
     local = corpus.everyone()
-    n_train = len(local.trainable())
     dp = cfg.dp.mode == "local"
-    plan = (
-        plan_dp(
-            cfg.dp,
-            cfg.train,
-            n_users=n_train,
-            rounds=cfg.fed.rounds,
-            use_prior=cfg.model.prior,
-            protected_users=len(local),
-        )
-        if dp
-        else None
-    )
+    plan = party_plan(cfg, Party.of(cfg, local, CURATOR))
     if cfg.model.prior:
         sigma = plan.prior_sigma if plan else 0.0
         set_prior(
