@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,11 +277,13 @@ def train_round(
     collect_prior: bool,
     proximal_mu: float,
     run_key: str = "",
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
     """Load the global state, spend budget if allowed, train; return (new state, metrics).
 
     Returns ``(None, metrics)`` with ``declined = 1`` and a ``reason`` when the site's policy
-    or budget refuses the round: the client refuses rather than overspend.
+    or budget refuses the round: the client refuses rather than overspend. `progress` is
+    called after every training step (as `common.train.train` calls it).
     """
     cfg = site.cfg
     why = site.policy.decline_reason(cfg, simulated=site.simulated)
@@ -346,6 +349,7 @@ def train_round(
         seed=round_seed(site, server_round, stream=2),
         proximal_mu=proximal_mu,
         anchor=anchor,
+        progress=progress,
     )
     metrics = reply_metrics(site, plan, ledger, run_key, stats=stats)
     return save_reply(

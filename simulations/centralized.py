@@ -16,7 +16,9 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +26,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from client.site import Site, data_fingerprint, dp_plan, train_round
 from common.baselines import create_baseline
 from common.config import ConfigError, RunConfig, parse_config, parse_overrides
 from common.data import DataError
 from common.evaluate import evaluate_scores, model_score_fn
 from common.exposure import long_tail_items
 from common.metrics import RankingEvaluator
-from common.model import save_adapter
+from common.model import save_adapter, trainable_state
 from common.policy import SitePolicy
-from common.privacy import PrivacyError, epsilon_of
-from common.task import Corpus, local_histogram, set_prior, setup
-from common.train import Party, party_plan, train
+from common.privacy import PrivacyError
+from common.privacy_report import privacy_report
+from common.task import Corpus, setup
 from simulations.io import write_json_atomic
 
 BASELINES = ("most-popular", "ease")
@@ -78,71 +81,68 @@ def run_baselines(corpus: Corpus, *, seed: int) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
-    """Train centrally, evaluate model and baselines, write `out/results.json`."""
-    t0 = time.perf_counter()
+def curator(cfg: RunConfig, ledger: Path | None) -> Site:
+    """The central run's one party: a simulated site holding every user, with `CURATOR`.
+
+    Its model is fresh and seeded with ``train.seed`` (as every site's is); its privacy
+    ledger is the file `ledger`.
+    """
     torch.manual_seed(cfg.train.seed)
     corpus, cat, model = setup(cfg)
     local = corpus.everyone()
-    dp = cfg.dp.mode == "local"
-    plan = party_plan(cfg, Party.of(cfg, local, CURATOR))
-    if cfg.model.prior:
-        sigma = plan.prior_sigma if plan else 0.0
-        set_prior(
-            model,
-            local_histogram(
-                local,
-                corpus.data.n_items,
-                recent=cfg.data.history_len,
-                sigma=sigma,
-                seed=cfg.train.seed,
-            ),
-        )
-    history: list[dict[str, float]] = []
-    train_s = 0.0
-    users_seen = 0
-    for rnd in range(1, cfg.fed.rounds + 1):
-        bar = tqdm(desc=f"pass {rnd}/{cfg.fed.rounds}", unit="step", leave=False, file=sys.stderr)
+    return Site(
+        cfg,
+        CURATOR.label,
+        corpus,
+        local,
+        model,
+        cat,
+        ledger,
+        local,
+        policy=CURATOR,
+        simulated=True,
+        data_key=data_fingerprint(cfg, local),
+    )
 
-        def progress(step: int, total: int, loss: float, bar: tqdm = bar) -> None:
-            bar.total = total
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{loss:.3f}")
 
-        stats = train(
-            model,
-            cat,
-            local,
-            cfg.train,
-            history_len=cfg.data.history_len,
-            plan=plan,
-            clip=cfg.dp.clip,
-            seed=cfg.train.seed * 1000 + rnd,
-            progress=progress,
+def local_round(
+    site: Site,
+    state: dict[str, np.ndarray],
+    *,
+    server_round: int,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The party's round `server_round` (0: the prior) as a site runs it; raise if declined."""
+    new, metrics = train_round(
+        site,
+        state,
+        server_round=server_round,
+        collect_prior=server_round == 0,
+        proximal_mu=0.0,
+        progress=progress,
+    )
+    if new is None:
+        raise PrivacyError(str(metrics.get("reason", f"round {server_round} declined")))
+    return new, metrics
+
+
+def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
+    """Train centrally, evaluate model and baselines, write `out/results.json`.
+
+    The federated schedule with one party holding every user: the same local round as a
+    site's (`client.site.train_round`: its DP plan, ledger, seeds and prior), ``fed.rounds``
+    times, after the prior round when ``model.prior`` is set.
+    """
+    if cfg.dp.mode not in CURATOR.dp_modes:
+        raise ConfigError(
+            f"the central run has no server to add central DP noise; dp.mode must be one of "
+            f"{CURATOR.dp_modes}, got {cfg.dp.mode!r}"
         )
-        bar.close()
-        train_s += stats.wall_s
-        users_seen += stats.users_seen
-        val = evaluate_scores(
-            model_score_fn(model, cat, history_len=cfg.data.history_len),
-            local,
-            corpus.data.n_items,
-            which="valid",
-            max_users=cfg.train.eval_users,
-            seed=cfg.train.seed,
-        ).result()
-        row = {
-            "round": rnd,
-            "loss": stats.loss,
-            "valid_hr@10": val["hr@10"],
-            "valid_ndcg@10": val["ndcg@10"],
-        }
-        history.append(row)
-        print(
-            f"pass {rnd}: loss {stats.loss:.4f}  valid HR@10 {val['hr@10']:.4f}  "
-            f"NDCG@10 {val['ndcg@10']:.4f}  ({stats.wall_s:.0f}s)",
-            file=sys.stderr,
-        )
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedrec-central-") as tmp:
+        site = curator(cfg, Path(tmp) / "ledger.json")
+        history, releases, train_s, users_seen = _passes(site)
+    model, cat, corpus, local = site.model, site.cat, site.corpus, site.local
     ev = evaluate_scores(
         model_score_fn(model, cat, history_len=cfg.data.history_len),
         local,
@@ -151,26 +151,12 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
         evaluator=evaluator_for(corpus, cfg.train.seed),
     )
     metrics = {**ev.result(), **ev.curves()}
-    events = [*plan.prior_events(), *plan.round_events() * cfg.fed.rounds] if plan else []
-    delta = plan.delta if plan else 1.0 / max(len(local), 1)
-    privacy = {
-        "unit": "user",
-        "trust_model": "central curator (trusted); DP protects each user "
-        "against anyone who sees the trained adapter",
-        "mode": cfg.dp.mode,
-        "epsilon": epsilon_of(events, delta=delta, accountant=cfg.dp.accountant)
-        if plan
-        else math.inf,
-        "epsilon_rdp": epsilon_of(events, delta=delta, accountant="rdp") if plan else math.inf,
-        "target_epsilon": cfg.dp.epsilon if dp else math.inf,
-        "delta": delta,
-        "accountant": cfg.dp.accountant if dp else None,
-        "noise_multiplier": plan.sigma if plan else 0.0,
-        "prior_noise_multiplier": plan.prior_sigma if plan else 0.0,
-        "sample_rate": plan.sample_rate if plan else None,
-        "steps": plan.steps_per_round * cfg.fed.rounds if plan else None,
-        "clip": cfg.dp.clip,
-    }
+    privacy = privacy_report(
+        cfg,
+        [(site.name, m) for m in releases],
+        setting="central",
+        plan=dp_plan(site),
+    )
     baselines = run_baselines(corpus, seed=cfg.train.seed)
     wall = time.perf_counter() - t0
     per_user = ev.per_user()
@@ -193,6 +179,54 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
     save_adapter(model, out / "adapter")
     write_json_atomic(out / "results.json", results)
     return results
+
+
+def _passes(site: Site) -> tuple[list[dict[str, float]], list[dict[str, Any]], float, int]:
+    """The prior round and every pass: (history, privacy releases, train seconds, users)."""
+    cfg = site.cfg
+    state = trainable_state(site.model)
+    releases: list[dict[str, Any]] = []
+    if cfg.model.prior:
+        state, reply = local_round(site, state, server_round=0)
+        releases.append(reply)
+    history: list[dict[str, float]] = []
+    train_s = 0.0
+    users_seen = 0
+    for rnd in range(1, cfg.fed.rounds + 1):
+        bar = tqdm(desc=f"pass {rnd}/{cfg.fed.rounds}", unit="step", leave=False, file=sys.stderr)
+
+        def progress(step: int, total: int, loss: float, bar: tqdm = bar) -> None:
+            bar.total = total
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        state, reply = local_round(site, state, server_round=rnd, progress=progress)
+        bar.close()
+        releases.append(reply)
+        loss, wall_s = float(reply["train_loss"]), float(reply["train-s"])
+        train_s += wall_s
+        users_seen += int(reply["users-trained"])
+        val = evaluate_scores(
+            model_score_fn(site.model, site.cat, history_len=cfg.data.history_len),
+            site.local,
+            site.corpus.data.n_items,
+            which="valid",
+            max_users=cfg.train.eval_users,
+            seed=cfg.train.seed,
+        ).result()
+        row = {
+            "round": rnd,
+            "loss": loss,
+            "valid_hr@10": val["hr@10"],
+            "valid_ndcg@10": val["ndcg@10"],
+        }
+        history.append(row)
+        print(
+            f"pass {rnd}: loss {loss:.4f}  valid HR@10 {val['hr@10']:.4f}  "
+            f"NDCG@10 {val['ndcg@10']:.4f}  ({wall_s:.0f}s)",
+            file=sys.stderr,
+        )
+    return history, releases, train_s, users_seen
 
 
 def main(argv: list[str] | None = None) -> int:
