@@ -1,4 +1,4 @@
-"""Central run: the same model and training function on all users at once, with baselines.
+"""Central run: one party holding every user runs a site's local round, with baselines.
 
 Example::
 
@@ -7,7 +7,9 @@ Example::
 
 The schedule is the federated one with a single party holding every user: ``fed.rounds``
 passes of ``train.epochs`` epochs each, and with ``--epsilon`` finite, user-level DP-SGD whose
-noise is calibrated so that the popularity prior plus all passes end at that epsilon.
+noise is calibrated so that the popularity prior plus all passes end at that epsilon. Plan,
+ledger and seeds are a site's (`client.site.train_round`): noise from OS entropy unless
+``dp.reproducible-noise``.
 """
 
 from __future__ import annotations
