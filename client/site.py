@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from common.task import (
     local_histogram,
     setup,
 )
-from common.train import DPPlan, LocalData, plan_dp, train
+from common.train import DPPlan, LocalData, Party, party_plan, train
 
 
 @dataclass
@@ -191,25 +192,12 @@ def ledger_file(site: Site) -> Path | None:
 
 def eval_releases(site: Site) -> int:
     """Noised evaluation releases a site plans for a run: one per round (+ one after round 0)."""
-    if site.policy.release_eval != "noised":
-        return 0
-    return site.cfg.fed.rounds + (1 if site.cfg.model.prior else 0)
+    return site.policy.eval_releases(site.cfg)
 
 
 def dp_plan(site: Site) -> DPPlan | None:
     """This site's DP plan (None without local DP); raises `PrivacyError` for a bad delta."""
-    if not site.cfg.dp.local:
-        return None
-    return plan_dp(
-        site.cfg.dp,
-        site.cfg.train,
-        n_users=len(site.trainees.trainable()),
-        rounds=site.cfg.fed.rounds,
-        use_prior=site.cfg.model.prior,
-        protected_users=len(site.trainees),
-        eval_releases=eval_releases(site),
-        max_delta=site.policy.max_delta,
-    )
+    return party_plan(site.cfg, Party.of(site.cfg, site.trainees, site.policy))
 
 
 def open_ledger(site: Site, plan: DPPlan) -> Ledger:
@@ -289,11 +277,13 @@ def train_round(
     collect_prior: bool,
     proximal_mu: float,
     run_key: str = "",
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
     """Load the global state, spend budget if allowed, train; return (new state, metrics).
 
     Returns ``(None, metrics)`` with ``declined = 1`` and a ``reason`` when the site's policy
-    or budget refuses the round: the client refuses rather than overspend.
+    or budget refuses the round: the client refuses rather than overspend. `progress` is
+    called after every training step (as `common.train.train` calls it).
     """
     cfg = site.cfg
     why = site.policy.decline_reason(cfg, simulated=site.simulated)
@@ -359,6 +349,7 @@ def train_round(
         seed=round_seed(site, server_round, stream=2),
         proximal_mu=proximal_mu,
         anchor=anchor,
+        progress=progress,
     )
     metrics = reply_metrics(site, plan, ledger, run_key, stats=stats)
     return save_reply(

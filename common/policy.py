@@ -94,6 +94,12 @@ class SitePolicy:
             )
         return None
 
+    def eval_releases(self, cfg: RunConfig) -> int:
+        """Noised evaluation releases planned for a run: one per round (+ one after round 0)."""
+        if self.release_eval != "noised":
+            return 0
+        return cfg.fed.rounds + (1 if cfg.model.prior else 0)
+
 
 _KEYS = {f.name.replace("_", "-"): f.name for f in fields(SitePolicy)}
 

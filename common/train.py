@@ -15,8 +15,9 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from common.catalogue import Catalogue
-from common.config import MAX_DELTA, DPConfig, TrainConfig
+from common.config import MAX_DELTA, DPConfig, RunConfig, TrainConfig
 from common.model import RecModel
+from common.policy import SitePolicy
 from common.privacy import (
     Event,
     calibrate_noise,
@@ -213,6 +214,49 @@ def plan_dp(
             accountant=dp.accountant,
         )
     return DPPlan(sigma, q, steps, prior_sigma, delta, eval_sigma)
+
+
+@dataclass(frozen=True)
+class Party:
+    """The facts about one training party that its DP plan depends on (besides the config)."""
+
+    trainable_users: int  # users DP-SGD samples from (two or more training interactions)
+    protected_users: int  # everyone whose data the party uses (the prior counts them all)
+    use_prior: bool  # whether the party releases a DP popularity histogram (round 0)
+    eval_releases: int = 0  # noised evaluation releases planned for the run
+    max_delta: float = MAX_DELTA  # the party's own cap on delta
+
+    @classmethod
+    def of(cls, cfg: RunConfig, trainees: LocalData, policy: SitePolicy) -> Party:
+        """The party that trains `trainees` under `cfg` with the site policy `policy`."""
+        return cls(
+            trainable_users=len(trainees.trainable()),
+            protected_users=len(trainees),
+            use_prior=cfg.model.prior,
+            eval_releases=policy.eval_releases(cfg),
+            max_delta=policy.max_delta,
+        )
+
+
+def party_plan(cfg: RunConfig, party: Party) -> DPPlan | None:
+    """The DP plan of `party` for a run of `cfg` (None without local DP).
+
+    The one place a party's plan is made: a federated site, the central run (one party
+    holding every user) and the benchmark's site round all call it. Raises `PrivacyError`
+    for a delta above 1/(10 x protected users).
+    """
+    if not cfg.dp.local:
+        return None
+    return plan_dp(
+        cfg.dp,
+        cfg.train,
+        n_users=party.trainable_users,
+        rounds=cfg.fed.rounds,
+        use_prior=party.use_prior,
+        protected_users=party.protected_users,
+        eval_releases=party.eval_releases,
+        max_delta=party.max_delta,
+    )
 
 
 def negative_distribution(

@@ -11,10 +11,10 @@ import numpy as np
 from flwr.app import Message
 
 from common import records as R
-from common.central_dp import RELATION, SAMPLING
 from common.config import RunConfig
 from common.exposure import exposure_summary
 from common.io import write_json_atomic
+from common.privacy_report import privacy_report
 
 # Per-site privacy figures in a reply: reported per site, never averaged as metrics.
 PRIVACY_KEYS = ("epsilon", "delta", "epsilon-at-1e-6", "ledger-epsilon", R.DECLINED)
@@ -61,18 +61,12 @@ def aggregate_eval(replies: list[Message]) -> dict[str, Any]:
 def _privacy(
     cfg: RunConfig, history: list[dict[str, Any]], central: dict[str, Any]
 ) -> dict[str, Any]:
-    per_client: dict[str, float] = {}
-    strict: dict[str, float] = {}
-    ledger: dict[str, float] = {}
     # A site's epsilon after a round: its training reply, then its (noised) evaluation.
-    for row in history:
-        for c in [*row["clients"], *row.get("eval_privacy", [])]:
-            if "epsilon" in c:
-                per_client[str(c["node"])] = float(c["epsilon"])
-            if "epsilon-at-1e-6" in c:
-                strict[str(c["node"])] = float(c["epsilon-at-1e-6"])
-            if "ledger-epsilon" in c:
-                ledger[str(c["node"])] = float(c["ledger-epsilon"])
+    releases = [
+        (str(c["node"]), c)
+        for row in history
+        for c in [*row["clients"], *row.get("eval_privacy", [])]
+    ]
     declines = [
         {"round": row["round"], "node": c["node"], "label": c.get("label", ""),
          "reason": c["dropped"]}
@@ -81,62 +75,12 @@ def _privacy(
         if str(c.get("dropped", "")).startswith("declined")
     ] + [{"round": row["round"], "phase": "evaluate", **d} for row in history
          for d in row.get("eval_declined", [])]  # fmt: skip
-    if cfg.dp.mode == "local":
-        eps = max(per_client.values()) if per_client else 0.0
-        deltas = [c["delta"] for row in history for c in row["clients"] if "delta" in c]
-        reproducible = cfg.dp.reproducible_noise
-        return {
-            "unit": "user",
-            "mode": "local",
-            "trust_model": "each site is trusted with its own users; the server and other "
-            "sites see only DP outputs (DP-SGD updates, the noised prior and noised "
-            "evaluation aggregates; user-level DP per site, noise from OS entropy)",
-            "private_against_server": not reproducible,
-            "reproducible_noise": reproducible,
-            "epsilon": eps,
-            "target_epsilon": cfg.dp.epsilon,
-            "delta": max(deltas) if deltas else None,
-            "epsilon_at_delta_1e-6": max(strict.values()) if strict else None,
-            "accountant": cfg.dp.accountant,
-            "per_client_epsilon": per_client,
-            "per_client_epsilon_at_1e-6": strict,
-            "per_client_ledger_epsilon": ledger,
-            "declines": declines,
-        }
+    server = None
     if cfg.dp.mode == "central":
         eps = history[-1].get("central_epsilon", 0.0) if history else 0.0
         ledger_eps = history[-1].get("central_ledger_epsilon", eps) if history else 0.0
-        return {
-            "unit": "client (= user with data.partitioning = user)",
-            "mode": "central",
-            "trust_model": "trusted server adds the noise (DP-FedAvg); protects each client "
-            "against anyone who sees the global model, not against the server",
-            "epsilon": eps,
-            "target_epsilon": cfg.dp.epsilon,
-            "ledger_epsilon": ledger_eps,  # every run in the server's ledger, composed
-            "ledger": central.get("ledger"),
-            "max_epsilon": cfg.dp.central_max_epsilon,
-            "delta": central["delta"],
-            "accountant": "rdp (Flower's RdpAccountant / dp-accounting)",
-            "neighbouring": RELATION,
-            "sampling": SAMPLING,
-            "private_against_server": False,
-            "reproducible_noise": False,
-            "declines": declines,
-            "noise_multiplier": central["sigma"],
-            "sample_rate": central["q"],
-            "clip": cfg.fed.central_clip,
-        }
-    return {
-        "unit": "user",
-        "mode": "none",
-        "trust_model": "no formal privacy",
-        "private_against_server": False,
-        "declines": declines,
-        "epsilon": math.inf,
-        "delta": None,
-        "accountant": None,
-    }
+        server = {**central, "epsilon": eps, "ledger_epsilon": ledger_eps}
+    return privacy_report(cfg, releases, setting="federated", declines=declines, central=server)
 
 
 def finish_run(

@@ -31,9 +31,10 @@ from common.config import RunConfig, parse_config
 from common.evaluate import evaluate_scores, model_score_fn
 from common.io import write_json_atomic
 from common.model import trainable_state
+from common.policy import load_policy
 from common.records import state_bytes
 from common.task import setup
-from common.train import DPPlan, make_batch, per_user_loss, plan_dp, train
+from common.train import DPPlan, LocalData, Party, make_batch, party_plan, per_user_loss, train
 from simulations import cli
 from simulations.scale import run_scale, scale_overrides
 
@@ -138,17 +139,22 @@ def measure(base: dict[str, Any], name: str, over: dict[str, Any], steps: int) -
     }
 
 
+def site_plan(cfg: RunConfig, local: LocalData) -> DPPlan | None:
+    """The DP plan of a simulated site holding `local` under the default site policy."""
+    return party_plan(cfg, Party.of(cfg, local, load_policy({}, simulated=True)))
+
+
 def site_round(base: dict[str, Any], n_users: int) -> dict[str, Any]:
     """Wall time of one site's local round: DP-SGD over `n_users` users + their evaluation.
 
     The site's users are the first `n_users` of the data set; the noise is planned as a real
-    site plans it (`plan_dp`, the configured epochs and rounds); the catalogue cache is warm.
+    simulated site with the default policy plans it (`site_plan`); the catalogue cache is warm.
     """
     cfg = parse_config({**base, "dp.mode": "local"})
     corpus, cat, model = setup(cfg)
     local = corpus.local(np.arange(min(n_users, corpus.data.n_users)))
     n = len(local.trainable())
-    plan = plan_dp(cfg.dp, cfg.train, n_users=n, rounds=cfg.fed.rounds, use_prior=True)
+    plan = site_plan(cfg, local)
     t0 = time.perf_counter()
     stats = train(
         model, cat, local, cfg.train, history_len=cfg.data.history_len, plan=plan,

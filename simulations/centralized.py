@@ -1,4 +1,4 @@
-"""Central run: the same model and training function on all users at once, with baselines.
+"""Central run: one party holding every user runs a site's local round, with baselines.
 
 Example::
 
@@ -7,7 +7,9 @@ Example::
 
 The schedule is the federated one with a single party holding every user: ``fed.rounds``
 passes of ``train.epochs`` epochs each, and with ``--epsilon`` finite, user-level DP-SGD whose
-noise is calibrated so that the popularity prior plus all passes end at that epsilon.
+noise is calibrated so that the popularity prior plus all passes end at that epsilon. Plan,
+ledger and seeds are a site's (`client.site.train_round`): noise from OS entropy unless
+``dp.reproducible-noise``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,95 +27,93 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from client.site import Site, data_fingerprint, dp_plan, train_round
 from common.baseline_runs import evaluator_for, run_baselines
 from common.config import ConfigError, RunConfig, parse_config, parse_overrides
 from common.evaluate import evaluate_scores, model_score_fn
 from common.interactions import DataError
 from common.io import write_json_atomic
-from common.model import save_adapter
-from common.privacy import PrivacyError, epsilon_of
-from common.task import local_histogram, set_prior, setup
-from common.train import plan_dp, train
+from common.model import save_adapter, trainable_state
+from common.policy import SitePolicy
+from common.privacy import PrivacyError
+from common.privacy_report import privacy_report
+from common.task import setup
 from simulations import cli
 
+# The central party's policy: a trusted curator holding every user. It evaluates in the
+# clear (so it plans no noised evaluation release), keeps no budget across runs (each run is
+# held to dp.epsilon) and releases its training diagnostics.
+CURATOR = SitePolicy(
+    max_epsilon=math.inf,
+    dp_modes=("local", "none"),
+    release_eval="plain",
+    release_diagnostics=True,
+    label="central",
+)
 
-def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
-    """Train centrally, evaluate model and baselines, write `out/results.json`."""
-    t0 = time.perf_counter()
+
+def curator(cfg: RunConfig, ledger: Path | None) -> Site:
+    """The central run's one party: a simulated site holding every user, with `CURATOR`.
+
+    Its model is fresh and seeded with ``train.seed`` (as every site's is); its privacy
+    ledger is the file `ledger`.
+    """
     torch.manual_seed(cfg.train.seed)
     corpus, cat, model = setup(cfg)
     local = corpus.everyone()
-    n_train = len(local.trainable())
-    dp = cfg.dp.mode == "local"
-    plan = (
-        plan_dp(
-            cfg.dp,
-            cfg.train,
-            n_users=n_train,
-            rounds=cfg.fed.rounds,
-            use_prior=cfg.model.prior,
-            protected_users=len(local),
-        )
-        if dp
-        else None
+    return Site(
+        cfg,
+        CURATOR.label,
+        corpus,
+        local,
+        model,
+        cat,
+        ledger,
+        local,
+        policy=CURATOR,
+        simulated=True,
+        data_key=data_fingerprint(cfg, local),
     )
-    if cfg.model.prior:
-        sigma = plan.prior_sigma if plan else 0.0
-        set_prior(
-            model,
-            local_histogram(
-                local,
-                corpus.data.n_items,
-                recent=cfg.data.history_len,
-                sigma=sigma,
-                seed=cfg.train.seed,
-            ),
-        )
-    history: list[dict[str, float]] = []
-    train_s = 0.0
-    users_seen = 0
-    for rnd in range(1, cfg.fed.rounds + 1):
-        bar = tqdm(desc=f"pass {rnd}/{cfg.fed.rounds}", unit="step", leave=False, file=sys.stderr)
 
-        def progress(step: int, total: int, loss: float, bar: tqdm = bar) -> None:
-            bar.total = total
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{loss:.3f}")
 
-        stats = train(
-            model,
-            cat,
-            local,
-            cfg.train,
-            history_len=cfg.data.history_len,
-            plan=plan,
-            clip=cfg.dp.clip,
-            seed=cfg.train.seed * 1000 + rnd,
-            progress=progress,
+def local_round(
+    site: Site,
+    state: dict[str, np.ndarray],
+    *,
+    server_round: int,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The party's round `server_round` (0: the prior) as a site runs it; raise if declined."""
+    new, metrics = train_round(
+        site,
+        state,
+        server_round=server_round,
+        collect_prior=server_round == 0,
+        proximal_mu=0.0,
+        progress=progress,
+    )
+    if new is None:
+        raise PrivacyError(str(metrics.get("reason", f"round {server_round} declined")))
+    return new, metrics
+
+
+def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
+    """Train centrally, evaluate model and baselines, write `out/results.json`.
+
+    The federated schedule with one party holding every user: the same local round as a
+    site's (`client.site.train_round`: its DP plan, ledger, seeds and prior), ``fed.rounds``
+    times, after the prior round when ``model.prior`` is set.
+    """
+    if cfg.dp.mode not in CURATOR.dp_modes:
+        raise ConfigError(
+            f"the central run has no server to add central DP noise; dp.mode must be one of "
+            f"{CURATOR.dp_modes}, got {cfg.dp.mode!r}"
         )
-        bar.close()
-        train_s += stats.wall_s
-        users_seen += stats.users_seen
-        val = evaluate_scores(
-            model_score_fn(model, cat, history_len=cfg.data.history_len),
-            local,
-            corpus.data.n_items,
-            which="valid",
-            max_users=cfg.train.eval_users,
-            seed=cfg.train.seed,
-        ).result()
-        row = {
-            "round": rnd,
-            "loss": stats.loss,
-            "valid_hr@10": val["hr@10"],
-            "valid_ndcg@10": val["ndcg@10"],
-        }
-        history.append(row)
-        print(
-            f"pass {rnd}: loss {stats.loss:.4f}  valid HR@10 {val['hr@10']:.4f}  "
-            f"NDCG@10 {val['ndcg@10']:.4f}  ({stats.wall_s:.0f}s)",
-            file=sys.stderr,
-        )
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedrec-central-") as tmp:
+        site = curator(cfg, Path(tmp) / "ledger.json")
+        history, releases, train_s, users_seen = _passes(site)
+    model, cat, corpus, local = site.model, site.cat, site.corpus, site.local
     ev = evaluate_scores(
         model_score_fn(model, cat, history_len=cfg.data.history_len),
         local,
@@ -120,26 +122,12 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
         evaluator=evaluator_for(corpus, cfg.train.seed),
     )
     metrics = {**ev.result(), **ev.curves()}
-    events = [*plan.prior_events(), *plan.round_events() * cfg.fed.rounds] if plan else []
-    delta = plan.delta if plan else 1.0 / max(len(local), 1)
-    privacy = {
-        "unit": "user",
-        "trust_model": "central curator (trusted); DP protects each user "
-        "against anyone who sees the trained adapter",
-        "mode": cfg.dp.mode,
-        "epsilon": epsilon_of(events, delta=delta, accountant=cfg.dp.accountant)
-        if plan
-        else math.inf,
-        "epsilon_rdp": epsilon_of(events, delta=delta, accountant="rdp") if plan else math.inf,
-        "target_epsilon": cfg.dp.epsilon if dp else math.inf,
-        "delta": delta,
-        "accountant": cfg.dp.accountant if dp else None,
-        "noise_multiplier": plan.sigma if plan else 0.0,
-        "prior_noise_multiplier": plan.prior_sigma if plan else 0.0,
-        "sample_rate": plan.sample_rate if plan else None,
-        "steps": plan.steps_per_round * cfg.fed.rounds if plan else None,
-        "clip": cfg.dp.clip,
-    }
+    privacy = privacy_report(
+        cfg,
+        [(site.name, m) for m in releases],
+        setting="central",
+        plan=dp_plan(site),
+    )
     baselines = run_baselines(corpus, seed=cfg.train.seed)
     wall = time.perf_counter() - t0
     per_user = ev.per_user()
@@ -162,6 +150,54 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
     save_adapter(model, out / "adapter")
     write_json_atomic(out / "results.json", results)
     return results
+
+
+def _passes(site: Site) -> tuple[list[dict[str, float]], list[dict[str, Any]], float, int]:
+    """The prior round and every pass: (history, privacy releases, train seconds, users)."""
+    cfg = site.cfg
+    state = trainable_state(site.model)
+    releases: list[dict[str, Any]] = []
+    if cfg.model.prior:
+        state, reply = local_round(site, state, server_round=0)
+        releases.append(reply)
+    history: list[dict[str, float]] = []
+    train_s = 0.0
+    users_seen = 0
+    for rnd in range(1, cfg.fed.rounds + 1):
+        bar = tqdm(desc=f"pass {rnd}/{cfg.fed.rounds}", unit="step", leave=False, file=sys.stderr)
+
+        def progress(step: int, total: int, loss: float, bar: tqdm = bar) -> None:
+            bar.total = total
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        state, reply = local_round(site, state, server_round=rnd, progress=progress)
+        bar.close()
+        releases.append(reply)
+        loss, wall_s = float(reply["train_loss"]), float(reply["train-s"])
+        train_s += wall_s
+        users_seen += int(reply["users-trained"])
+        val = evaluate_scores(
+            model_score_fn(site.model, site.cat, history_len=cfg.data.history_len),
+            site.local,
+            site.corpus.data.n_items,
+            which="valid",
+            max_users=cfg.train.eval_users,
+            seed=cfg.train.seed,
+        ).result()
+        row = {
+            "round": rnd,
+            "loss": loss,
+            "valid_hr@10": val["hr@10"],
+            "valid_ndcg@10": val["ndcg@10"],
+        }
+        history.append(row)
+        print(
+            f"pass {rnd}: loss {loss:.4f}  valid HR@10 {val['hr@10']:.4f}  "
+            f"NDCG@10 {val['ndcg@10']:.4f}  ({wall_s:.0f}s)",
+            file=sys.stderr,
+        )
+    return history, releases, train_s, users_seen
 
 
 def main(argv: list[str] | None = None) -> int:

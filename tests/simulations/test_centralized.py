@@ -23,9 +23,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_backbone(tmp_path_factory.mktemp("tiny"))
 
 
-def _run(tiny: Path, out: Path, cache: Path, epsilon: str = "8") -> dict:
+def _run(tiny: Path, out: Path, cache: Path, epsilon: str = "8", extra: str = "") -> dict:
     over = (f'model.backbone="{tiny}" model.cache-dir="{cache}" fed.rounds=2 '
-            "data.synthetic-users=60 data.synthetic-items=80")
+            f"data.synthetic-users=60 data.synthetic-items=80 {extra}")
     rc = centralized.main(["--dataset", "synthetic", "--epsilon", epsilon, "--out", str(out),
                            "--run-config", over])
     assert rc == 0
@@ -48,8 +48,10 @@ def test_results_schema_and_privacy(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_same_seed_same_numbers(tiny: Path, tmp_path: Path) -> None:
-    a = _run(tiny, tmp_path / "a", tmp_path / "cache")
-    b = _run(tiny, tmp_path / "b", tmp_path / "cache")
+    # DP noise is seeded as a site's (OS entropy); only dp.reproducible-noise repeats it.
+    seeded = "dp.reproducible-noise=true"
+    a = _run(tiny, tmp_path / "a", tmp_path / "cache", extra=seeded)
+    b = _run(tiny, tmp_path / "b", tmp_path / "cache", extra=seeded)
     assert a["metrics"] == b["metrics"]
     assert a["history"] == b["history"]
 
