@@ -11,10 +11,12 @@ averages them and adds Gaussian noise of std ``sigma * C / m``. Poisson-sampling
 * sampling **without replacement**, ``m`` of ``n``: the RDP bound of Wang, Balle and
   Kasiviswanathan (AISTATS 2019, Thm. 27), through Flower's own `RdpAccountant` (which wraps
   Google's dp-accounting);
-* a round that aggregated only ``k < m`` updates (failures, dropped replies) gets noise
-  ``sigma * C / m`` from Flower on a mean over ``k``, whose sensitivity is ``2C / k``: the
-  server tops the noise up to ``sigma * C / k`` (`top_up_noise`) so that the round keeps its
-  planned multiplier; a round released without the top-up is counted as ``sigma * k / (2m)``.
+* a round that aggregated only ``k < m`` updates (failures, dropped replies) is released as
+  ``current + (sum of the k clipped updates) / m`` (`server.wrappers.CentralRelease`): the
+  denominator is the number *sampled*, not the data-dependent ``k``, so the sensitivity stays
+  ``2C / m`` and the noise is topped up (`add_noise`) to ``sigma * C / m`` whenever fewer nodes
+  were sampled than Flower's wrapper planned for. `top_up_noise` (noise for a mean over
+  ``k``) is the first version's rule, kept for its tests; the server no longer uses it.
 
 Under replace-one, epsilon is roughly twice the add/remove-one epsilon of the same noise; the
 reports say which relation they use.
