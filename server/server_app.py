@@ -27,18 +27,40 @@ log = logging.getLogger("flwr.fedrec")
 
 
 def initial_from_node(grid: Grid, cfg: RunConfig) -> dict[str, np.ndarray]:
-    """Ask one node for the (deterministic, seeded) initial trainable state.
+    """Ask the nodes, one at a time, for the (deterministic, seeded) initial trainable state.
 
     Used when the server holds no data (`fed.server-data = false`, deployment): the model's
-    shape depends on the catalogue, which only the sites have.
+    shape depends on the catalogue, which only the sites have. A node that fails, does not
+    answer within `fed.round-timeout` or sends no usable state is logged and the next one is
+    asked (nodes that connect meanwhile included); only when every node failed does the run
+    stop, naming each node and its reason.
     """
-    node = wait_for_nodes(grid, 1, cfg.fed.node_wait)[0]
-    msg = Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
-    replies = list(grid.send_and_receive([msg], timeout=cfg.fed.round_timeout))
-    if not replies or replies[0].has_error():
-        reason = replies[0].error.reason if replies else "no reply"
-        raise RuntimeError(f"node {node} did not return the initial state: {reason}")
-    return R.from_record(replies[0].content.array_records[R.ARRAYS])
+    wait_for_nodes(grid, 1, cfg.fed.node_wait)
+    tried: dict[int, str] = {}
+    while untried := sorted(set(grid.get_node_ids()) - set(tried)):
+        node = untried[0]
+        msg = Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
+        replies = list(grid.send_and_receive([msg], timeout=cfg.fed.round_timeout))
+        state, tried[node] = _initial_state_of(replies)
+        if state is not None:
+            return state
+        log.warning("[fedrec] node %d gave no initial state (%s); next", node, tried[node])
+    reasons = "; ".join(f"node {n}: {why}" for n, why in tried.items())
+    raise RuntimeError(f"no node returned the initial state ({reasons})")
+
+
+def _initial_state_of(replies: list[Message]) -> tuple[dict[str, np.ndarray] | None, str]:
+    """(state, "") from a usable query reply, else (None, why not)."""
+    if not replies:
+        return None, "no reply"
+    if replies[0].has_error():
+        return None, str(replies[0].error.reason)
+    if R.ARRAYS not in replies[0].content.array_records:
+        return None, "reply has no arrays"
+    state = R.from_record(replies[0].content.array_records[R.ARRAYS])
+    if PRIOR_KEY not in state or state[PRIOR_KEY].ndim != 1 or len(state[PRIOR_KEY]) < 1:
+        return None, f"reply has no 1-d `{PRIOR_KEY}` array (the catalogue size)"
+    return state, ""
 
 
 @app.main()
