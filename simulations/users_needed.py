@@ -1,0 +1,204 @@
+"""How many users DP needs: central runs on planted synthetic data, DP vs no DP per size.
+
+For each number of users, each epsilon (default 8 and inf = no DP) and each seed, the central
+run (`simulations.centralized.run`: one party holding every user, a site's local round) trains
+on synthetic data with planted topic preferences (`common.synthetic`) and is evaluated on the
+test item. The result is ``users-needed.json`` (every run's HR@10 / NDCG@10 and the
+most-popular baseline), ``users-needed.md`` (mean +- standard deviation over seeds per size)
+and ``users-needed.png`` (HR@10 against users, log scale). A finished point is not re-run:
+its ``results.json`` is read back, so an interrupted study resumes where it stopped.
+
+Example::
+
+    python -m simulations.users_needed --out runs/users-needed --sizes 150,600,2500,10000
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common.config import ConfigError, RunConfig, parse_config, parse_overrides
+from common.interactions import DataError
+from common.io import clean_json, write_json_atomic
+from common.privacy import PrivacyError
+from simulations import cli
+from simulations.centralized import run as central_run
+
+DEFAULT_SIZES = (150, 600, 2500, 10000)
+DEFAULT_ITEMS = 500  # catalogue size of every synthetic data set (same items at every size)
+NO_DP = math.inf
+
+
+def point_config(base: dict[str, Any], users: int, epsilon: float, seed: int) -> RunConfig:
+    """The central run of one point: `base` overrides plus size, privacy and seed."""
+    over = {
+        "data.dataset": "synthetic",
+        "data.synthetic-items": DEFAULT_ITEMS,
+        **base,
+        "data.synthetic-users": users,
+        "dp.mode": "none" if math.isinf(epsilon) else "local",
+        "dp.epsilon": epsilon,
+        "train.seed": seed,
+    }
+    return parse_config(over)
+
+
+def run_point(cfg: RunConfig, out: Path) -> dict[str, Any]:
+    """One point's figures; reads a finished run back instead of re-running it."""
+    done = out / "results.json"
+    if done.exists():
+        res = json.loads(done.read_text())
+        if res.get("config") == clean_json(cfg.flat()):
+            return res
+    return central_run(cfg, out)
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds of each (users, epsilon) point."""
+    groups: dict[tuple[int, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["users"], r["epsilon"]), []).append(r)
+    out = []
+    for (users, eps), rs in sorted(groups.items()):
+        entry: dict[str, Any] = {"users": users, "epsilon": eps, "seeds": len(rs)}
+        for k in ("hr@10", "ndcg@10", "most-popular hr@10"):
+            vals = [r[k] for r in rs]
+            entry[k] = statistics.fmean(vals)
+            entry[f"{k} sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def table(summary: list[dict[str, Any]]) -> str:
+    """Markdown table of `summarise`'s rows."""
+    lines = [
+        "| users | epsilon | HR@10 | NDCG@10 | most-popular HR@10 | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        eps = "no DP" if math.isinf(s["epsilon"]) else f"{s['epsilon']:g}"
+        lines.append(
+            f"| {s['users']} | {eps} | {s['hr@10']:.4f} ± {s['hr@10 sd']:.4f} | "
+            f"{s['ndcg@10']:.4f} ± {s['ndcg@10 sd']:.4f} | {s['most-popular hr@10']:.4f} | "
+            f"{s['seeds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict[str, Any]], path: Path) -> None:
+    """HR@10 (mean +- sd) against the number of users, one line per epsilon and most-popular."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for eps in sorted({s["epsilon"] for s in summary}):
+        pts = [s for s in summary if s["epsilon"] == eps]
+        label = "no DP" if math.isinf(eps) else f"epsilon {eps:g}"
+        ax.errorbar(
+            [p["users"] for p in pts],
+            [p["hr@10"] for p in pts],
+            yerr=[p["hr@10 sd"] for p in pts],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    pop = [s for s in summary if math.isinf(s["epsilon"])] or summary
+    ax.plot(
+        [p["users"] for p in pop],
+        [p["most-popular hr@10"] for p in pop],
+        "k--",
+        label="most-popular",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("users (synthetic, planted topics)")
+    ax.set_ylabel("HR@10 (test item)")
+    ax.set_title("How many users does user-level DP need?")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def study(
+    out: Path, sizes: list[int], epsilons: list[float], seeds: int, base: dict[str, Any]
+) -> dict[str, Any]:
+    """Run every point (resumable), then write the JSON, the table and the plot."""
+    rows = []
+    points = [(n, e, s) for n in sizes for e in epsilons for s in range(seeds)]
+    t0 = time.perf_counter()
+    for i, (users, eps, seed) in enumerate(points, 1):
+        cfg = point_config(base, users, eps, seed)
+        name = f"users{users}-eps{'inf' if math.isinf(eps) else f'{eps:g}'}-seed{seed}"
+        res = run_point(cfg, out / name)
+        row = {
+            "users": users,
+            "epsilon": eps,
+            "seed": seed,
+            "hr@10": res["metrics"]["hr@10"],
+            "ndcg@10": res["metrics"]["ndcg@10"],
+            "most-popular hr@10": res["baselines"]["most-popular"]["hr@10"],
+            "epsilon_spent": float(res["privacy"]["epsilon"]),  # "inf" when read back
+            "delta": res["privacy"].get("delta"),
+            "wall_s": res["timing"]["wall_s"],
+        }
+        rows.append(row)
+        print(
+            f"[{i}/{len(points)}] {name}: HR@10 {row['hr@10']:.4f} "
+            f"({time.perf_counter() - t0:.0f} s so far)",
+            file=sys.stderr,
+            flush=True,
+        )
+    summary = summarise(rows)
+    result = {"runs": rows, "summary": summary, "base": base}
+    write_json_atomic(out / "users-needed.json", result)
+    tmp = out / "users-needed.md.tmp"
+    tmp.write_text(table(summary))
+    tmp.replace(out / "users-needed.md")
+    plot(summary, out / "users-needed.png")
+    return result
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--{what} must be comma-separated integers, got {text!r}") from exc
+    if not vals or min(vals) < 2:
+        raise ValueError(f"--{what} needs at least one value >= 2, got {text!r}")
+    return vals
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = cli.command_parser("simulations.users_needed", __doc__)
+    cli.add_out(ap)
+    ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="users per point")
+    ap.add_argument("--epsilons", default="8,inf", help="comma-separated; inf = no DP")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per point (>= 1)")
+    cli.add_run_config(ap, 'overrides for every run, e.g. "fed.rounds=1 train.lr=0.01"')
+    args = ap.parse_args(argv)
+    try:
+        sizes = _ints(args.sizes, "sizes")
+        epsilons = [float(e) for e in args.epsilons.split(",") if e.strip()]
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        base = parse_overrides(args.run_config)
+        res = study(args.out, sizes, epsilons, args.seeds, base)
+    except (ConfigError, DataError, PrivacyError, ValueError) as exc:
+        return cli.bad_input(exc)
+    print(table(res["summary"]), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

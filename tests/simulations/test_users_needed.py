@@ -1,0 +1,78 @@
+"""simulations.users_needed: DP vs no DP per number of users on planted-structure data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.io import clean_json
+from simulations import users_needed as U
+
+
+@pytest.fixture
+def base(tiny_backbone: Path, cache_dir: Path) -> dict[str, Any]:
+    return {
+        "model.backbone": str(tiny_backbone),
+        "model.cache-dir": str(cache_dir),
+        "data.synthetic-items": 60,
+        "data.history-len": 8,
+        "model.lora.rank": 2,
+        "train.batch-users": 8,
+        "train.targets-per-user": 2,
+        "train.negatives": 5,
+        "fed.rounds": 1,
+    }
+
+
+def test_summarise_gives_mean_and_sample_sd_per_point() -> None:
+    rows = [
+        {"users": 10, "epsilon": 8.0, "hr@10": h, "ndcg@10": h / 2, "most-popular hr@10": 0.1}
+        for h in (0.1, 0.2, 0.6)
+    ]
+    rows.append({"users": 10, "epsilon": math.inf, "hr@10": 0.5, "ndcg@10": 0.3,
+                 "most-popular hr@10": 0.1})
+    summary = U.summarise(rows)
+    assert [(s["users"], s["epsilon"], s["seeds"]) for s in summary] == [
+        (10, 8.0, 3),
+        (10, math.inf, 1),
+    ]
+    assert summary[0]["hr@10"] == pytest.approx(0.3)
+    assert summary[0]["hr@10 sd"] == pytest.approx(math.sqrt(((0.2**2) + 0.1**2 + 0.3**2) / 2))
+    assert summary[1]["hr@10 sd"] == 0.0
+    assert "| 10 | no DP | 0.5000 ± 0.0000" in U.table(summary)
+
+
+def test_the_study_runs_every_point_writes_its_report_and_resumes(
+    base: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    res = U.study(tmp_path, [30, 60], [8.0, math.inf], 1, base)
+    assert len(res["runs"]) == 4
+    assert {(s["users"], s["epsilon"], s["seeds"]) for s in res["summary"]} == {
+        (30, 8.0, 1), (30, math.inf, 1), (60, 8.0, 1), (60, math.inf, 1)
+    }
+    for r in res["runs"]:
+        if math.isinf(r["epsilon"]):
+            continue
+        assert 0 < r["epsilon_spent"] <= 8.0 + 1e-6  # each DP run is accounted at its budget
+        assert r["delta"] <= 1e-5
+    saved = json.loads((tmp_path / "users-needed.json").read_text())
+    assert saved["runs"] == clean_json(res["runs"])
+    assert (tmp_path / "users-needed.png").stat().st_size > 1000
+    assert "no DP" in (tmp_path / "users-needed.md").read_text()
+
+    def no_rerun(*_: Any) -> None:
+        raise AssertionError("a finished point was run again")
+
+    monkeypatch.setattr(U, "central_run", no_rerun)
+    again = U.study(tmp_path, [30, 60], [8.0, math.inf], 1, base)
+    assert again["runs"] == res["runs"]
+
+
+def test_bad_sizes_are_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert U.main(["--out", str(tmp_path), "--sizes", "10,x"]) == 2
+    assert "--sizes must be comma-separated integers" in capsys.readouterr().err
+    assert U.main(["--out", str(tmp_path), "--sizes", "1"]) == 2
