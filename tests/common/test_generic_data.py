@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +319,44 @@ def test_movielens_layout_reproduces_the_reference_and_the_generic_mapping() -> 
               if a != b]  # fmt: skip
     assert differ and all(generic.item_genres[i] == ("(no genres listed)",) for i in differ)
     assert all(generic.item_texts[i] == f"{data.item_texts[i]}. (no genres listed)" for i in differ)
+
+
+# ---------------------------------------------------------------- checked before the node starts
+
+
+def test_check_data_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from client.check_data import main
+
+    folder = write(tmp_path, IH + "u,a-1,1,1\nu,b-7,abc,1\n")
+    node = f'data-dir="{folder}" dataset="generic" item-id-column="sku" text-columns="title"'
+    assert main(["--node-config", node]) == 2
+    assert "error: interactions.csv line 3: timestamp 'abc'" in capsys.readouterr().err
+    write(tmp_path)
+    assert main(["--node-config", node]) == 0
+    assert "2 users, 3 items, 6 interactions: ok" in capsys.readouterr().err
+    assert main(["--node-config", 'dataset="netflix"']) == 2
+    assert "`data.dataset` must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_supernode_script_refuses_bad_data_before_starting(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    folder = write(tmp_path / "shop", IH + "u,a-1,1,1\nu,zz,2,1\n")
+    (tmp_path / "key").write_text("not used: the data check fails first")
+    (tmp_path / "ca.crt").write_text("not used")
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "CA_CERT": str(tmp_path / "ca.crt"), "DATASET": "generic",
+           "EXTRA_NODE_CONFIG": 'item-id-column="sku" text-columns="title"',
+           "LEDGER_PATH": str(tmp_path / "ledger.json"),
+           "FLWR_HOME": str(tmp_path / "flwr")}  # fmt: skip
+    script = root / "scripts" / "deploy" / "supernode.sh"
+    proc = subprocess.run(
+        ["bash", str(script), "shop", str(folder), str(tmp_path / "key")],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: interactions.csv line 3: item id zz is not in items.csv" in proc.stderr
+    assert "supernode shop:" not in proc.stderr  # flower-supernode never started
