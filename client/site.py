@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from common.canary import make_canaries
-from common.config import RunConfig
+from common.config import NODE_DATA_KEYS, RunConfig
 from common.model import RecModel, load_trainable_state, trainable_state
 from common.policy import SitePolicy, load_policy
 from common.privacy import REPORT_DELTA, Ledger, PrivacyError, noise_seed, site_ledger_dir
@@ -57,17 +57,23 @@ def node_setup(
     """Resolve the run config with node overrides; return (cfg, site name, users or None).
 
     Simulation nodes carry ``partition-id``/``num-partitions``; deployed SuperNodes carry
-    ``data-dir`` (and optionally ``dataset``, ``site-name``, ``ledger-path``) and own all the
-    users in their data.
+    ``data-dir`` (and optionally ``site-name``, ``ledger-path`` and the site's data settings
+    of `common.config.NODE_DATA_KEYS`: ``dataset``, ``min-interactions``, files, columns) and
+    own all the users in their data.
     """
-    from common.config import parse_config
+    from common.config import ConfigError, parse_config
 
     over = dict(run_config)
-    if "data-dir" in node_config:
-        over["data.dir"] = str(node_config["data-dir"])
-    if "dataset" in node_config:
-        over["data.dataset"] = str(node_config["dataset"])
-    cfg = parse_config(over)
+    for key, run_key in NODE_DATA_KEYS.items():
+        if key in node_config:
+            over[run_key] = node_config[key]
+    try:
+        cfg = parse_config(over)
+    except ConfigError as exc:
+        mine = [k for k in NODE_DATA_KEYS if k in node_config]
+        raise ConfigError(
+            f"{exc} (this site's node config sets {mine})" if mine else str(exc)
+        ) from None
     if "partition-id" in node_config:
         pid, nparts = int(node_config["partition-id"]), int(node_config["num-partitions"])
         corpus = load_corpus(cfg.data)

@@ -19,6 +19,27 @@ class ConfigError(ValueError):
     """A run-config key is unknown, missing, of the wrong type or out of range."""
 
 
+# The data sets `common.data.DATASETS` loads (a test keeps the two in step): checked when the
+# config is parsed, so a typo stops the run before any node loads data.
+DATASET_NAMES = ("ml-latest-small", "ml-100k", "ml-1m", "generic", "synthetic")
+# Site-side data settings: node-config key -> the run-config key it overrides at that site
+# (a site's files, its own minimum of interactions per user, its columns and item text).
+NODE_DATA_KEYS = {
+    "dataset": "data.dataset",
+    "data-dir": "data.dir",
+    "min-interactions": "data.min-interactions",
+    "interactions": "data.interactions",
+    "items": "data.items",
+    "user-column": "data.user-column",
+    "item-column": "data.item-column",
+    "timestamp-column": "data.timestamp-column",
+    "weight-column": "data.weight-column",
+    "item-id-column": "data.item-id-column",
+    "text-columns": "data.text-columns",
+    "genre-column": "data.genre-column",
+}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which data set, where it lives, and how users are split into clients."""
@@ -26,6 +47,15 @@ class DataConfig:
     dataset: str
     dir: str
     min_interactions: int
+    interactions: str
+    items: str
+    user_column: str
+    item_column: str
+    timestamp_column: str
+    weight_column: str
+    item_id_column: str
+    text_columns: str
+    genre_column: str
     cold_start_share: float
     history_len: int
     partitioning: str
@@ -35,6 +65,22 @@ class DataConfig:
     synthetic_items: int
 
     def __post_init__(self) -> None:
+        _check(
+            self.dataset in DATASET_NAMES,
+            "data.dataset",
+            self.dataset,
+            f"must be one of {DATASET_NAMES}",
+        )
+        for key in ("user_column", "item_column", "timestamp_column"):
+            value = getattr(self, key)
+            name = f"data.{key.replace('_', '-')}"
+            _check(bool(value.strip()), name, value, "must name a column")
+        _check(
+            bool(self.text_column_names),
+            "data.text-columns",
+            self.text_columns,
+            "must name at least one column of the items file, e.g. 'title'",
+        )
         _check(
             0.0 <= self.cold_start_share < 1.0,
             "data.cold-start-share",
@@ -64,6 +110,26 @@ class DataConfig:
         _check(
             self.dirichlet_alpha > 0, "data.dirichlet-alpha", self.dirichlet_alpha, "must be > 0"
         )
+
+
+    @property
+    def text_column_names(self) -> tuple[str, ...]:
+        """`data.text-columns` as a tuple."""
+        return tuple(c.strip() for c in self.text_columns.split(",") if c.strip())
+
+    def generic_options(self) -> dict[str, str]:
+        """The generic format's options (`common.data.GENERIC_DEFAULTS`) from these keys."""
+        return {
+            "interactions": self.interactions,
+            "items": self.items,
+            "user": self.user_column,
+            "item": self.item_column,
+            "timestamp": self.timestamp_column,
+            "weight": self.weight_column,
+            "item_id": self.item_id_column,
+            "text": self.text_columns,
+            "genres": self.genre_column,
+        }
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ ML_LATEST_SMALL_SHA256 = {  # 2018 release
     "movies.csv": "5a5f32dd9bb3797b8e728a1b98958789d2b13f294a69fdfbc5727f8a9611aa07",
     "ratings.csv": "aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
 }
+# The embedded default: data sets shipped inside the checkout (licence and SHA256SUMS beside).
+EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "data"
+EMBEDDED = ("ml-latest-small",)
 REQUIRED_FILES = {
     "ml-latest-small": ("ratings.csv", "movies.csv"),
     "ml-100k": ("u.data", "u.item", "u.user"),
@@ -67,18 +70,36 @@ def _download_ml_latest_small(target: Path) -> None:
 _DOWNLOADERS: dict[str, Callable[[Path], None]] = {"ml-latest-small": _download_ml_latest_small}
 
 
+def embedded_dir(name: str) -> Path | None:
+    """The checkout's own copy of data set ``name`` (``data/<name>``), or None.
+
+    Looked up beside the code, then under the working directory (Flower runs an app's code
+    from its installed copy, which holds no data files, with the checkout as working dir).
+    """
+    if name not in EMBEDDED:
+        return None
+    required = REQUIRED_FILES.get(name, ())
+    for root in (EMBEDDED_DIR, Path.cwd() / "data"):
+        if all((root / name / fname).is_file() for fname in required):
+            return root / name
+    return None
+
+
 def resolve_data_dir(name: str, data_dir: str | os.PathLike[str] | None) -> Path:
     """Return the folder holding data set ``name``, downloading it if allowed.
 
-    Order: explicit ``data_dir``; ``$FEDREC_DATA_DIR/<name>``; the cache folder
+    Order: explicit ``data_dir``; ``$FEDREC_DATA_DIR/<name>``; the embedded copy in the
+    checkout (``data/ml-latest-small``, see :func:`embedded_dir`); the cache folder
     ``($XDG_CACHE_HOME or ~/.cache)/fedrec/<name>``. Only ml-latest-small is downloaded into
     the cache (checksums verified); other MovieLens licences forbid redistribution, so a
     missing cache raises :class:`DataError` saying where to put the files.
     """
-    if data_dir is not None:
+    if data_dir is not None and str(data_dir) != "":
         return Path(data_dir)
     if env := os.environ.get("FEDREC_DATA_DIR"):
         return Path(env) / name
+    if (embedded := embedded_dir(name)) is not None:
+        return embedded
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedrec" / name
     required = REQUIRED_FILES.get(name, ())
     if all((cache / fname).is_file() for fname in required):

@@ -18,7 +18,10 @@ class Interactions:
 
     ``users``/``items`` hold indices into ``user_ids``/``item_ids`` (both sorted ascending);
     rows are kept in file order and duplicate (user, item) pairs (re-ratings) are kept.
-    ``user_attrs`` arrays are aligned with ``user_ids``.
+    ``user_attrs`` arrays are aligned with ``user_ids``. Ids are int64 when every id of that
+    kind is an integer, else strings. ``weights`` (one per interaction, or None) is the data
+    set's optional weight column (MovieLens: the rating); training treats every interaction
+    as one implicit signal, so it does not change the model.
     """
 
     name: str
@@ -30,9 +33,12 @@ class Interactions:
     items: np.ndarray
     timestamps: np.ndarray
     user_attrs: dict[str, np.ndarray] = field(default_factory=dict)
+    weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, expected = len(self.users), {"item_texts": self.n_items, "item_genres": self.n_items}
+        if self.weights is not None:
+            expected["weights"] = n
         for key, size in ({"items": n, "timestamps": n} | expected).items():
             if len(getattr(self, key)) != size:
                 raise ValueError(

@@ -52,6 +52,8 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     kwargs: dict[str, object] = {}
     if cfg.dataset == "synthetic":
         kwargs = {"n_users": cfg.synthetic_users, "n_items": cfg.synthetic_items}
+    elif cfg.dataset == "generic":
+        kwargs = dict(cfg.generic_options())
     data = load_dataset(
         cfg.dataset, cfg.dir or None, min_interactions=cfg.min_interactions, **kwargs
     )

@@ -303,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_out(ap)
     ap.add_argument("--tiny", action="store_true", help="synthetic data + tiny backbone (CI)")
     ap.add_argument("--steps", type=int, default=8, help="measured steps per variant")
-    ap.add_argument("--data-dir", default="../shared/data/ml-latest-small")
+    ap.add_argument(
+        "--data-dir", default="", help="ml-latest-small folder (default: the embedded data/)"
+    )
     ap.add_argument("--only", default="", help=f"comma-separated subset of {list(VARIANTS)}")
     ap.add_argument("--site-users", type=int, default=150, help="users of the site round (0: skip)")
     ap.add_argument(

@@ -3,7 +3,7 @@
 Example::
 
     python -m simulations.centralized --dataset ml-latest-small \
-        --data-dir ../shared/data/ml-latest-small --epsilon 8 --out runs/central-eps8
+        --epsilon 8 --out runs/central-eps8   # the embedded data/ml-latest-small
 
 The schedule is the federated one with a single party holding every user: ``fed.rounds``
 passes of ``train.epochs`` epochs each, and with ``--epsilon`` finite, user-level DP-SGD whose

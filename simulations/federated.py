@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from common.config import ConfigError, parse_config, parse_overrides
+from common.config import ConfigError, RunConfig, parse_config, parse_overrides
+from common.download import resolve_data_dir
 from common.task import load_corpus
 from simulations import cli
 from simulations.procs import free_ports, port_busy, process_table
@@ -110,6 +111,8 @@ def run(
     out = out.resolve()
     overrides = {**overrides, "fed.out-dir": str(out)}
     cfg = parse_config(overrides)  # validate before starting anything
+    overrides = with_data_dir(overrides, cfg)
+    cfg = parse_config(overrides)
     corpus = load_corpus(cfg.data)  # bad data fails here, with file and line, before Flower
     if num_supernodes is None:
         num_supernodes = (
@@ -176,6 +179,21 @@ def run(
     res["flwr_status"] = status
     results_f.write_text(json.dumps(res, indent=1))
     return res
+
+
+def with_data_dir(overrides: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    """`overrides` with ``data.dir`` as an absolute path (the embedded copy when empty).
+
+    Flower runs the app from its installed copy under ``FLWR_HOME`` (which holds no data
+    files) and in another working directory, so the folder is resolved here, once.
+    """
+    if cfg.data.dataset == "synthetic":
+        return overrides
+    if cfg.data.dir:
+        return {**overrides, "data.dir": str(Path(cfg.data.dir).resolve())}
+    if cfg.data.dataset == "generic":
+        return overrides  # absolute data.interactions / data.items, or an error at load
+    return {**overrides, "data.dir": str(resolve_data_dir(cfg.data.dataset, None).resolve())}
 
 
 SEED_METRICS = ("hr@10", "ndcg@10", "mrr")

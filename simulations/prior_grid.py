@@ -3,7 +3,7 @@
 Reproduces the table in BENCHMARKS.md that chose the defaults `model.prior-head-share` and
 `model.prior-weight`::
 
-    python -m simulations.prior_grid --data-dir ../shared/data/ml-latest-small
+    python -m simulations.prior_grid            # the embedded data/ml-latest-small
 
 No training happens: LoRA B is zero at initialisation, so the scores are the frozen backbone's
 cosine similarity between the history and the item plus ``w * prior``, with the histogram
@@ -25,7 +25,9 @@ from simulations import cli
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = cli.command_parser("simulations.prior_grid", __doc__)
-    ap.add_argument("--data-dir", default="../shared/data/ml-latest-small")
+    ap.add_argument(
+        "--data-dir", default="", help="ml-latest-small folder (default: the embedded data/)"
+    )
     ap.add_argument("--sigmas", default="0,1.66,3.3")
     ap.add_argument("--head-shares", default="0.05,0.2,0.5,1.0")
     ap.add_argument("--weights", default="3,6")

@@ -14,8 +14,15 @@
 # Environment:
 #   SUPERLINK     SuperLink address host:port (default 127.0.0.1:9093)
 #   CA_CERT       the deployment's ca.crt, to verify the SuperLink (required)
-#   DATASET       optional node-config `dataset` ("ml-latest-small", "ml-100k", "ml-1m",
-#                 "synthetic"); without it the run config's data.dataset is used
+#   DATASET       optional node-config `dataset` ("generic" for your own files,
+#                 "ml-latest-small", "ml-100k", "ml-1m", "synthetic"); without it the run
+#                 config's data.dataset is used
+#   EXTRA_NODE_CONFIG  more node-config pairs, appended as given, e.g. the site's own data
+#                 settings: 'text-columns="title,category" min-interactions=5' (README.md,
+#                 docs/deploy.md "Your own data at a site")
+#   CHECK_DATA    1: load the site's data with this node config (python -m client.check_data)
+#                 and stop with its file:line error before starting the SuperNode; 0: don't.
+#                 Default: 1 when DATASET is set (and not "synthetic")
 #   LEDGER_PATH   this site's privacy ledger file (node-config `ledger-path`). Default
 #                 ${XDG_STATE_HOME:-~/.local/state}/fedrec/SITE_NAME/ledger.json. Set it to
 #                 the empty string to let the run config's dp.ledger-dir decide (not advised:
@@ -78,6 +85,18 @@ if [[ -n "${DATASET:-}" ]]; then
 fi
 if [[ -n "${MAX_EPSILON:-}" ]]; then
     node_config+=" max-epsilon=$MAX_EPSILON"
+fi
+if [[ -n "${EXTRA_NODE_CONFIG:-}" ]]; then
+    node_config+=" $EXTRA_NODE_CONFIG"
+fi
+check=${CHECK_DATA:-}
+if [[ -z "$check" ]]; then
+    check=$([[ -n "${DATASET:-}" && "${DATASET:-}" != synthetic ]] && echo 1 || echo 0)
+fi
+if [[ "$check" == 1 ]]; then
+    python=$(command -v python || command -v python3)
+    [[ -x "$repo/.venv/bin/python" ]] && python="$repo/.venv/bin/python"
+    (cd "$repo" && "$python" -m client.check_data --node-config "$node_config") || exit 2
 fi
 if [[ -n "$ledger" ]]; then
     mkdir -p "$(dirname "$ledger")"

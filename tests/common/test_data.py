@@ -15,7 +15,7 @@ from common.data import DATASETS, DataError, item_text, load_dataset
 from common.download import resolve_data_dir
 from common.synthetic import TOPIC_WORDS, generate
 
-REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-latest-small"
+REAL_DIR = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"  # embedded copy
 
 FLAGS_TOY = "|".join("0001110000000000000")  # Animation, Children's, Comedy
 FLAGS_EYE = "|".join("0110000000000000100")  # Action, Adventure, Thriller
@@ -200,6 +200,7 @@ def test_unknown_name_and_options() -> None:
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("FEDREC_DATA_DIR", raising=False)
+    monkeypatch.setattr(download, "EMBEDDED", ())  # these tests are about the cache and download
     return tmp_path / "cache" / "fedrec"
 
 
@@ -265,7 +266,6 @@ def test_download_network_error(cache: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_DIR.is_dir(), reason="shared ml-latest-small copy not present")
 def test_real_ml_latest_small() -> None:
     data = load_dataset("ml-latest-small", REAL_DIR)
     assert (data.n_users, data.n_items, len(data.users)) == (610, 9742, 100836)

@@ -18,7 +18,7 @@ from common.split import (
 )
 from common.synthetic import generate
 
-REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-latest-small"
+REAL_DIR = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"  # embedded copy
 
 
 def make(
@@ -104,7 +104,6 @@ def test_synthetic_invariants() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_DIR.is_dir(), reason="shared ml-latest-small copy not present")
 def test_real_data_invariants() -> None:
     data = load_dataset("ml-latest-small", REAL_DIR)
     split = leave_one_out(data)

@@ -14,7 +14,7 @@ from common.backbone import make_tiny_backbone
 from simulations import centralized
 
 ROOT = Path(__file__).resolve().parents[2]
-ML_SMALL = ROOT.parent / "shared" / "data" / "ml-latest-small"
+ML_SMALL = ROOT / "data" / "ml-latest-small"  # the embedded default
 KEYS = ("hr@10", "ndcg@10", "mrr", "sampled_hr@10", "sampled_ndcg@10")
 
 
@@ -80,7 +80,6 @@ def test_malformed_ratings_one_clear_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ML_SMALL.exists(), reason="ml-latest-small not at ../shared/data")
 def test_real_data_one_pass(tmp_path: Path) -> None:
     """MiniLM on ml-latest-small, one DP pass: the real product path end to end."""
     out = tmp_path / "real"
