@@ -139,3 +139,11 @@ def dp_target_of(cfg: RunConfig, privacy: dict[str, Any], *, label: str) -> DPTa
         reproducible=cfg.dp.reproducible_noise,
         label=f"{label}/{cfg.train.seed}",
     )
+
+
+def dp_baselines_for(
+    corpus: Corpus, cfg: RunConfig, privacy: dict[str, Any], *, label: str
+) -> dict[str, dict[str, Any]]:
+    """The DP baselines of a run at its model's epsilon and delta; {} if the run is not DP."""
+    target = dp_target_of(cfg, privacy, label=label)
+    return {} if target is None else run_dp_baselines(corpus, target, seed=cfg.train.seed)
