@@ -84,7 +84,7 @@ def section_dp_baselines(rows: list[dict[str, Any]]) -> list[str]:
     """DP points beside the DP baselines of the same runs (same epsilon and delta), over seeds."""
     have = [r for r in rows if any(k.startswith(DP_PREFIX) for k in r.get("baselines") or {})]
     if not have:
-        return ["_No data: no DP point reported DP baselines (rows predate them, or no DP run)._"]
+        return ["_No DP baselines: no DP point reported them (no DP run, or rows predate them)._"]
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in have:
         groups.setdefault((str(r.get("setting")), eps_of(r)), []).append(r)
