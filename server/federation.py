@@ -82,11 +82,13 @@ def run_federation(
     *,
     save_adapter_fn: Callable[[dict[str, np.ndarray], Path], None] | None = None,
     baselines_fn: Callable[[], dict[str, Any]] | None = None,
+    dp_baselines_fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     evaluate_fn: Callable[[int], EvaluateFn] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) `fed.rounds` rounds; return the final results dictionary.
 
-    `evaluate_fn` is a factory of the server-side evaluation, given the number of nodes.
+    `evaluate_fn` is a factory of the server-side evaluation, given the number of nodes;
+    `dp_baselines_fn` (given the run's privacy section) the DP baselines at its budget.
     """
     n_clients = len(wait_for_nodes(grid, cfg.fed.min_clients, cfg.fed.node_wait))
     sigma, q, delta = central_sigma(cfg, n_clients)
@@ -139,4 +141,5 @@ def run_federation(
         "ledger": str(central_ledger_path(cfg, out)) if budget is not None else None,
     }
     return finish_run(cfg, out, history, arrays, status=status, central=central,
-                      wall_s=time.perf_counter() - t_run, baselines_fn=baselines_fn)  # fmt: skip
+                      wall_s=time.perf_counter() - t_run, baselines_fn=baselines_fn,
+                      dp_baselines_fn=dp_baselines_fn)  # fmt: skip

@@ -93,20 +93,29 @@ def finish_run(
     central: dict[str, Any],
     wall_s: float,
     baselines_fn: Callable[[], dict[str, Any]] | None,
+    dp_baselines_fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write `out/results.json` and `out/metrics.png`; return the results."""
+    """Write `out/results.json` and `out/metrics.png`; return the results.
+
+    `dp_baselines_fn` gets the run's privacy section (the DP baselines match its epsilon and
+    delta); its baselines join those of `baselines_fn`.
+    """
     last = history[-1]["eval"] if history else {}
     metrics = {k: v for k, v in last.items() if k not in ("per_client", "per_user")}
     users = sum(float(c.get("users-trained", 0)) for r in history for c in r["clients"])
     train_s = sum(float(c.get("train-s", 0)) for r in history for c in r["clients"])
     up = [c.get("bytes_up", 0) for r in history for c in r["clients"] if c.get("bytes_up")]
+    privacy = _privacy(cfg, history, central)
+    base = baselines_fn() if baselines_fn else {}
+    if dp_baselines_fn is not None and status == "completed":
+        base |= dp_baselines_fn(privacy)
     results: dict[str, Any] = {
         "setting": "federated",
         "status": status,
         "dataset": cfg.data.dataset,
         "metrics": metrics,
-        "baselines": baselines_fn() if baselines_fn else {},
-        "privacy": _privacy(cfg, history, central),
+        "baselines": base,
+        "privacy": privacy,
         "timing": {
             "wall_s": wall_s,
             "train_s": train_s,

@@ -14,7 +14,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from common import records as R
-from common.baseline_runs import run_baselines
+from common.baseline_runs import dp_baselines_for, run_baselines
 from common.config import RunConfig, parse_config
 from common.model import PRIOR_KEY, RecModel, load_trainable_state, save_adapter, trainable_state
 from common.task import device, load_corpus
@@ -70,12 +70,16 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(cfg.fed.out_dir)
     torch.manual_seed(cfg.train.seed)
     baselines: Callable[[], dict[str, Any]] | None = None
+    dp_baselines: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     evaluate: Callable[[int], EvaluateFn] | None = None
     if cfg.fed.server_data:
         corpus = load_corpus(cfg.data)
 
         def baselines() -> dict[str, Any]:
             return run_baselines(corpus, seed=cfg.train.seed)
+
+        def dp_baselines(privacy: dict[str, Any]) -> dict[str, Any]:
+            return dp_baselines_for(corpus, cfg, privacy, label="server")
 
         n_items = corpus.data.n_items
         model = RecModel(
@@ -107,6 +111,7 @@ def main(grid: Grid, context: Context) -> None:
         out,
         save_adapter_fn=save,
         baselines_fn=baselines,
+        dp_baselines_fn=dp_baselines,
         evaluate_fn=evaluate,
     )
     if results["status"] != "completed":  # Flower then marks the run failed (flwr ls)

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from client.site import Site, data_fingerprint, dp_plan, train_round
-from common.baseline_runs import evaluator_for, run_baselines
+from common.baseline_runs import dp_baselines_for, evaluator_for, run_baselines
 from common.config import ConfigError, RunConfig, parse_config, parse_overrides
 from common.evaluate import evaluate_scores, model_score_fn
 from common.interactions import DataError
@@ -102,7 +102,8 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
 
     The federated schedule with one party holding every user: the same local round as a
     site's (`client.site.train_round`: its DP plan, ledger, seeds and prior), ``fed.rounds``
-    times, after the prior round when ``model.prior`` is set.
+    times, after the prior round when ``model.prior`` is set. A DP run also reports the DP
+    baselines (`common.baseline_runs.dp_baselines_for`) at the model's epsilon and delta.
     """
     if cfg.dp.mode not in CURATOR.dp_modes:
         raise ConfigError(
@@ -129,6 +130,7 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
         plan=dp_plan(site),
     )
     baselines = run_baselines(corpus, seed=cfg.train.seed)
+    baselines |= dp_baselines_for(corpus, cfg, privacy, label="central")
     wall = time.perf_counter() - t0
     per_user = ev.per_user()
     results = {

@@ -77,6 +77,11 @@ def test_two_rounds_of_local_dp_end_to_end(
     assert privacy["mode"] == "local"
     assert 0 < privacy["epsilon"] <= privacy["target_epsilon"] == 8.0
     assert len(privacy["per_client_epsilon"]) == 2
+    for name in ("dp-popularity", "dp-ease"):  # the server's DP baselines, at the run's budget
+        dp_base = res["baselines"][name]
+        assert dp_base["privacy"]["target_epsilon"] == pytest.approx(privacy["epsilon"])
+        assert dp_base["privacy"]["epsilon"] <= privacy["epsilon"] * (1 + 1e-6)
+        assert dp_base["privacy"]["delta"] == privacy["delta"]
     ledgers = sorted((out / "ledgers").glob("*.json"))
     assert len(ledgers) == 2
     for f in ledgers:

@@ -109,6 +109,28 @@ def test_finish_run_writes_results_and_plot(tmp_path: Path, cfg: RunConfig) -> N
     assert (tmp_path / "metrics.png").stat().st_size > 0
 
 
+def test_finish_run_gives_dp_baselines_the_runs_privacy(tmp_path: Path, cfg: RunConfig) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def dp_fn(privacy: dict[str, Any]) -> dict[str, Any]:
+        seen.append(privacy)
+        return {"dp-ease": {"hr@10": 0.03, "ndcg@10": 0.01}}
+
+    res = finish_run(
+        cfg,
+        tmp_path,
+        _history(),
+        {"w": np.zeros(10, np.float32)},
+        status="completed",
+        central={"sigma": 0.0, "q": 1.0, "delta": 0.5, "rounds": 2},
+        wall_s=1.0,
+        baselines_fn=lambda: {"most-popular": {"hr@10": 0.05, "ndcg@10": 0.02}},
+        dp_baselines_fn=dp_fn,
+    )
+    assert set(res["baselines"]) == {"most-popular", "dp-ease"}
+    assert seen == [res["privacy"]] and seen[0]["epsilon"] == pytest.approx(4.0)
+
+
 def test_finish_run_without_dp_reports_infinite_epsilon(tmp_path: Path, cfg: RunConfig) -> None:
     import dataclasses
 

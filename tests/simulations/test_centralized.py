@@ -60,6 +60,21 @@ def test_no_dp_reports_infinite_epsilon(tiny: Path, tmp_path: Path) -> None:
     res = _run(tiny, tmp_path / "a", tmp_path / "cache", epsilon="inf")
     assert res["privacy"]["mode"] == "none"
     assert math.isinf(float(res["privacy"]["epsilon"]))
+    assert not [k for k in res["baselines"] if k.startswith("dp-")]  # no DP, no DP baselines
+
+
+def test_dp_run_reports_dp_baselines_at_its_budget(tiny: Path, tmp_path: Path) -> None:
+    res = _run(tiny, tmp_path / "a", tmp_path / "cache", epsilon="4")
+    p = res["privacy"]
+    for name in ("dp-popularity", "dp-ease"):
+        b = res["baselines"][name]
+        assert 0.0 <= b["hr@10"] <= 1.0 and 0.0 <= b["ndcg@10"] <= 1.0
+        assert b["privacy"]["target_epsilon"] == pytest.approx(p["epsilon"])  # the model's
+        assert b["privacy"]["epsilon"] <= p["epsilon"] * (1 + 1e-6)
+        assert b["privacy"]["delta"] == p["delta"]
+    ease = res["baselines"]["dp-ease"]
+    assert ease["n_items_used"] in {50, 80}  # 80 items: the grid is capped at the catalogue
+    assert len(ease["valid_grid"]) == 12
 
 
 def test_malformed_ratings_one_clear_line(tmp_path: Path) -> None:

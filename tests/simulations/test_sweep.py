@@ -255,3 +255,27 @@ def test_tiny_preset_end_to_end(tmp_path: Path, tiny_backbone: Path, cache_dir: 
     assert report.main([str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     assert report.VIOLATION not in md and "## Cold start" in md
+
+
+def test_report_sets_dp_baselines_beside_the_model_per_epsilon(tmp_path: Path) -> None:
+    def dp_row(i: str, hr_pop: float, hr_ease: float) -> dict[str, Any]:
+        row = _row(i, mode="local", eps=7.9, target=8.0)
+        row["privacy"]["delta"] = 1e-5
+        row["baselines"] = {
+            **row["baselines"],
+            "dp-popularity": {"hr@10": hr_pop, "ndcg@10": hr_pop / 2},
+            "dp-ease": {"hr@10": hr_ease, "ndcg@10": hr_ease / 2, "n_items_used": 100,
+                        "lambda": 50.0},
+        }  # fmt: skip
+        return row
+
+    rows = [dp_row("a", 0.03, 0.05), dp_row("b", 0.05, 0.07), _row("p-inf")]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert report.main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    body = md.split("## DP baselines at the same epsilon and delta")[1].split("\n## ")[0]
+    assert "| local-4-sites | 8 | 1e-05 | 2 |" in body
+    assert "0.0400 ± 0.0100" in body and "0.0600 ± 0.0100" in body  # dp-popularity, dp-ease
+    assert "(100, 50), (100, 50)" in body
+    # the DP baselines are per epsilon, not horizontal lines of the non-private baselines
+    assert "dp-ease" not in report.baselines(rows)
