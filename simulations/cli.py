@@ -16,6 +16,7 @@ COMMANDS = {
     "report": ("simulations.report", "the study report of a sweep folder"),
     "audit": ("simulations.audit", "empirical privacy audit (canaries, membership attacks)"),
     "bench": ("simulations.bench", "throughput, memory and communication benchmark"),
+    "dp-baselines": ("simulations.dp_baselines", "DP popularity and DP-EASE at given epsilons"),
     "users-needed": ("simulations.users_needed", "how many users DP needs: DP vs no DP by size"),
 }
 EXIT_BAD_INPUT = 2  # every command: a config, data or privacy error (the message names it)

@@ -2,9 +2,10 @@
 
 Example (the BENCHMARKS.md figures)::
 
-    python -m simulations.dp_baselines --dataset ml-latest-small \
-        --data-dir ../shared/data/ml-latest-small --epsilon 8 4 2 --delta 1e-5 --seeds 3 \
-        --reproducible-noise --out runs/dp-baselines
+    python -m simulations.dp_baselines --dataset ml-latest-small --epsilon 8 4 2 \
+        --delta 1e-5 --seeds 3 --reproducible-noise --out runs/dp-baselines
+
+(the embedded data/ml-latest-small, byte-identical to the copy those figures were run on)
 
 Same split and protocol as the model (chronological leave-one-out, full ranking, history =
 train + validation item at test time). Each (epsilon, seed) is a fresh pair of releases,
