@@ -22,7 +22,7 @@ from server.central_budget import CentralBudget, central_ledger_path
 from server.checkpoint import Checkpoint
 from server.evaluation import EvaluateFn
 from server.report import finish_run
-from server.rounds import evaluate_round, prior_round, train_round
+from server.rounds import deliver_final, evaluate_round, prior_round, train_round
 from server.strategies import clients_per_round, round_strategy
 
 log = logging.getLogger("flwr.fedrec")
@@ -131,6 +131,9 @@ def run_federation(
         ev = result.eval
         log.info("[fedrec] round %d done in %.1fs: HR@10 %.4f NDCG@10 %.4f", rnd, result.wall_s,
                  ev.get("hr@10", math.nan), ev.get("ndcg@10", math.nan))  # fmt: skip
+    delivery = None
+    if status == "completed" and cfg.fed.deliver_final:
+        delivery = deliver_final(grid, cfg, arrays, run_key, cfg.fed.rounds)
     central = {
         "sigma": sigma,
         "q": q,
@@ -139,4 +142,5 @@ def run_federation(
         "ledger": str(central_ledger_path(cfg, out)) if budget is not None else None,
     }
     return finish_run(cfg, out, history, arrays, status=status, central=central,
-                      wall_s=time.perf_counter() - t_run, baselines_fn=baselines_fn)  # fmt: skip
+                      wall_s=time.perf_counter() - t_run, baselines_fn=baselines_fn,
+                      delivery=delivery)  # fmt: skip

@@ -93,8 +93,12 @@ def finish_run(
     central: dict[str, Any],
     wall_s: float,
     baselines_fn: Callable[[], dict[str, Any]] | None,
+    delivery: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write `out/results.json` and `out/metrics.png`; return the results."""
+    """Write `out/results.json` and `out/metrics.png`; return the results.
+
+    `delivery`: per node, whether it kept the final adapter (None: not sent).
+    """
     last = history[-1]["eval"] if history else {}
     metrics = {k: v for k, v in last.items() if k not in ("per_client", "per_user")}
     users = sum(float(c.get("users-trained", 0)) for r in history for c in r["clients"])
@@ -117,6 +121,7 @@ def finish_run(
             "bytes_up_per_client_max": max(up) if up else 0,
         },
         "history": history,
+        "final_adapter": delivery,
         "config": cfg.flat(),
     }
     write_json_atomic(out / "results.json", results)
