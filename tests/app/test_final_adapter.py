@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, RecordDict
 import pytest
+from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from reliability.inproc import FIRST_NODE, InProcessGrid, initial_state
 
