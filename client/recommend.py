@@ -125,7 +125,8 @@ def split_ids(text: str) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     """The options of `fedrec recommend` (= `python -m client.recommend`)."""
-    ap = argparse.ArgumentParser(prog="fedrec recommend", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m client.recommend", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_source(ap)
     who = ap.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="a user id of the site's data")

@@ -16,6 +16,8 @@ COMMANDS = {
     "report": ("simulations.report", "the study report of a sweep folder"),
     "audit": ("simulations.audit", "empirical privacy audit (canaries, membership attacks)"),
     "bench": ("simulations.bench", "throughput, memory and communication benchmark"),
+    "recommend": ("client.recommend", "a site's top-K from an adapter folder (user, history, all)"),
+    "serve": ("client.serve", "the recommender as an HTTP JSON endpoint behind a bearer token"),
 }
 EXIT_BAD_INPUT = 2  # every command: a config, data or privacy error (the message names it)
 

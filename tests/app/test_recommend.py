@@ -22,7 +22,7 @@ from common.model import RecModel
 from common.task import load_catalogue, load_corpus
 
 
-def _trained_like(cfg: RunConfig, seed: int = 0) -> RecModel:
+def trained_like(cfg: RunConfig, seed: int = 0) -> RecModel:
     """A model with random (non-zero) trainable tensors and a random prior: scores differ."""
     corpus = load_corpus(cfg.data)
     model = RecModel(cfg.model, n_items=corpus.data.n_items, history_len=cfg.data.history_len)
@@ -39,7 +39,7 @@ def _trained_like(cfg: RunConfig, seed: int = 0) -> RecModel:
 def adapter(cfg: RunConfig, tmp_path: Path) -> Path:
     data = load_corpus(cfg.data).data
     digest = catalogue_digest(data.item_ids, data.item_texts)
-    return write_adapter(_trained_like(cfg), tmp_path / "server" / "adapter", data=cfg.data,
+    return write_adapter(trained_like(cfg), tmp_path / "server" / "adapter", data=cfg.data,
                          catalogue=digest)  # fmt: skip
 
 
@@ -69,7 +69,7 @@ def test_a_copied_adapter_loads_elsewhere_and_scores_identically(
     moved_backbone = shutil.copytree(tiny_backbone, tmp_path / "bb" / tiny_backbone.name)
     model, info = open_adapter(elsewhere, backbone=str(moved_backbone),
                                cache_dir=cfg.model.cache_dir)  # fmt: skip
-    reference = _trained_like(cfg)
+    reference = trained_like(cfg)
     corpus = load_corpus(cfg.data)
     cat = load_catalogue(cfg.model, corpus.data.item_texts, model.n_lower + cfg.model.lora.layers)
     known = [np.asarray(t) for t in corpus.split.train[:16]]
