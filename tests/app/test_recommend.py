@@ -189,3 +189,23 @@ def test_cli_bad_input_exits_2_with_the_reason(
     assert main(["--adapter", str(tmp_path / "none"), "--user", "1"]) == 2
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_rewriting_an_adapter_swaps_it_whole_and_bad_folders_are_named(
+    adapter: Path, cfg: RunConfig, tmp_path: Path
+) -> None:
+    first = (adapter / "head.safetensors").read_bytes()
+    write_adapter(trained_like(cfg, seed=1), adapter, data=cfg.data)
+    assert (adapter / "head.safetensors").read_bytes() != first
+    assert sorted(p.name for p in adapter.parent.iterdir()) == ["adapter"]  # no temp folders
+    assert read_info(adapter).catalogue == ""  # what this write said
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with pytest.raises(ConfigError, match=r"bare/fedrec.json: file not found"):
+        read_info(bare)
+    (bare / "fedrec.json").write_text("{oops")
+    with pytest.raises(ConfigError, match=r"fedrec.json: not valid JSON"):
+        read_info(bare)
+    (bare / "fedrec.json").write_text('{"format": 1, "model": {}}')
+    with pytest.raises(ConfigError, match=r"fedrec.json: bad or missing field"):
+        read_info(bare)
