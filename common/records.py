@@ -29,6 +29,11 @@ PROXIMAL_MU = "proximal-mu"
 EVAL_SPLIT = "eval-split"
 PER_USER = "per-user"
 
+# The final global adapter, sent to every node after the last round (`query.final_adapter`).
+FINAL_ACTION = "final_adapter"
+FINAL_MESSAGE_TYPE = f"query.{FINAL_ACTION}"
+SAVED = "saved"  # 1.0 in the reply of a node that kept it
+
 
 def to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
     """Named numpy arrays -> ArrayRecord (names kept, order sorted)."""

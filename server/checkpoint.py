@@ -14,7 +14,13 @@ from common.config import RunConfig
 from common.io import write_json_atomic
 
 # Keys that may differ between the interrupted and the resumed run.
-_RESUMABLE = {"fed.rounds", "fed.round-timeout", "fed.node-wait", "fed.out-dir"}
+_RESUMABLE = {
+    "fed.rounds",
+    "fed.round-timeout",
+    "fed.node-wait",
+    "fed.out-dir",
+    "fed.deliver-final",
+}
 
 
 class Checkpoint:

@@ -22,7 +22,7 @@ from server.central_budget import CentralBudget, central_ledger_path
 from server.checkpoint import Checkpoint
 from server.evaluation import EvaluateFn
 from server.report import finish_run
-from server.rounds import evaluate_round, prior_round, train_round
+from server.rounds import deliver_final, evaluate_round, prior_round, train_round
 from server.strategies import clients_per_round, round_strategy
 
 log = logging.getLogger("flwr.fedrec")
@@ -133,6 +133,9 @@ def run_federation(
         ev = result.eval
         log.info("[fedrec] round %d done in %.1fs: HR@10 %.4f NDCG@10 %.4f", rnd, result.wall_s,
                  ev.get("hr@10", math.nan), ev.get("ndcg@10", math.nan))  # fmt: skip
+    delivery = None
+    if status == "completed" and cfg.fed.deliver_final:
+        delivery = deliver_final(grid, cfg, arrays, run_key, cfg.fed.rounds)
     central = {
         "sigma": sigma,
         "q": q,
@@ -142,4 +145,4 @@ def run_federation(
     }
     return finish_run(cfg, out, history, arrays, status=status, central=central,
                       wall_s=time.perf_counter() - t_run, baselines_fn=baselines_fn,
-                      dp_baselines_fn=dp_baselines_fn)  # fmt: skip
+                      dp_baselines_fn=dp_baselines_fn, delivery=delivery)  # fmt: skip

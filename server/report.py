@@ -94,11 +94,13 @@ def finish_run(
     wall_s: float,
     baselines_fn: Callable[[], dict[str, Any]] | None,
     dp_baselines_fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    delivery: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write `out/results.json` and `out/metrics.png`; return the results.
 
     `dp_baselines_fn` gets the run's privacy section (the DP baselines match its epsilon and
-    delta); its baselines join those of `baselines_fn`.
+    delta); its baselines join those of `baselines_fn`. `delivery`: per node, whether it kept
+    the final adapter (None: not sent).
     """
     last = history[-1]["eval"] if history else {}
     metrics = {k: v for k, v in last.items() if k not in ("per_client", "per_user")}
@@ -126,6 +128,7 @@ def finish_run(
             "bytes_up_per_client_max": max(up) if up else 0,
         },
         "history": history,
+        "final_adapter": delivery,
         "config": cfg.flat(),
     }
     write_json_atomic(out / "results.json", results)

@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 from common import records as R
 from common.config import RunConfig
 from common.model import PRIOR_KEY
-from server.checks import decline_reason, declined, site_label, sort_replies
+from server.checks import decline_reason, declined, node_of, site_label, sort_replies
 from server.evaluation import EvaluateFn
 from server.report import PRIVACY_KEYS, aggregate_eval
 from server.wrappers import CheckedReplies
@@ -167,3 +167,40 @@ def evaluate_round(
         for r in usable
         if "epsilon" in r.content.metric_records[R.METRICS]
     ]
+
+
+def deliver_final(
+    grid: Grid, cfg: RunConfig, state: dict[str, np.ndarray], run_key: str, rnd: int
+) -> list[dict[str, Any]]:
+    """Send the final global state to every connected node, which keeps it as its adapter.
+
+    One small message per node (the arrays every round already sends); nothing is released
+    by the sites. Returns one row per node: ``saved`` true, or the error the node reported.
+    """
+    record, config = R.to_record(state), ConfigRecord({R.ROUND: rnd, R.RUN_KEY: run_key})
+    sent = [
+        Message(
+            RecordDict({R.ARRAYS: record, R.CONFIG: config}),
+            dst_node_id=n,
+            message_type=R.FINAL_MESSAGE_TYPE,
+        )
+        for n in grid.get_node_ids()
+    ]
+    replies = list(grid.send_and_receive(sent, timeout=cfg.fed.round_timeout))
+    to = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent}  # ids set on send
+    rows: list[dict[str, Any]] = []
+    for r in replies:
+        node = node_of(r, to)
+        if r.has_error():
+            log.warning("[fedrec] node %s did not keep the final adapter: %s", node,
+                        r.error.reason)  # fmt: skip
+            rows.append({"node": node, "saved": False, "error": r.error.reason})
+        else:
+            saved = bool(r.content.metric_records[R.METRICS].get(R.SAVED, 0))
+            rows.append({"node": node, "label": site_label(r), "saved": saved})
+    got = {row["node"] for row in rows}
+    rows += [{"node": n, "saved": False, "error": "no reply"} for n in to.values()
+             if n not in got]  # fmt: skip
+    log.info("[fedrec] final adapter kept by %d of %d nodes",
+             sum(row["saved"] for row in rows), len(sent))  # fmt: skip
+    return rows

@@ -14,9 +14,10 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from common import records as R
+from common.adapter import catalogue_digest, write_adapter
 from common.baseline_runs import dp_baselines_for, run_baselines
 from common.config import RunConfig, parse_config
-from common.model import PRIOR_KEY, RecModel, load_trainable_state, save_adapter, trainable_state
+from common.model import PRIOR_KEY, RecModel, load_trainable_state, trainable_state
 from common.task import device, load_corpus
 from server.evaluation import EvaluateFn, server_evaluator
 from server.federation import run_federation, wait_for_nodes
@@ -72,8 +73,10 @@ def main(grid: Grid, context: Context) -> None:
     baselines: Callable[[], dict[str, Any]] | None = None
     dp_baselines: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     evaluate: Callable[[int], EvaluateFn] | None = None
+    catalogue = ""  # unknown without server data: the sites' own adapters record theirs
     if cfg.fed.server_data:
         corpus = load_corpus(cfg.data)
+        catalogue = catalogue_digest(corpus.data.item_ids, corpus.data.item_texts)
 
         def baselines() -> dict[str, Any]:
             return run_baselines(corpus, seed=cfg.train.seed)
@@ -102,7 +105,7 @@ def main(grid: Grid, context: Context) -> None:
 
     def save(state: dict[str, np.ndarray], folder: Path) -> None:
         load_trainable_state(model, state)
-        save_adapter(model, folder)
+        write_adapter(model, folder, data=cfg.data, catalogue=catalogue)
 
     results = run_federation(
         grid,

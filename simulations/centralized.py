@@ -28,12 +28,13 @@ import torch
 from tqdm import tqdm
 
 from client.site import Site, data_fingerprint, dp_plan, train_round
+from common.adapter import catalogue_digest, write_adapter
 from common.baseline_runs import dp_baselines_for, evaluator_for, run_baselines
 from common.config import ConfigError, RunConfig, parse_config, parse_overrides
 from common.evaluate import evaluate_scores, model_score_fn
 from common.interactions import DataError
 from common.io import write_json_atomic
-from common.model import save_adapter, trainable_state
+from common.model import trainable_state
 from common.policy import SitePolicy
 from common.privacy import PrivacyError
 from common.privacy_report import privacy_report
@@ -149,7 +150,8 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
         "config": cfg.flat(),
     }
     out.mkdir(parents=True, exist_ok=True)
-    save_adapter(model, out / "adapter")
+    digest = catalogue_digest(corpus.data.item_ids, corpus.data.item_texts)
+    write_adapter(model, out / "adapter", data=cfg.data, catalogue=digest)
     write_json_atomic(out / "results.json", results)
     return results
 

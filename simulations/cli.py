@@ -18,6 +18,8 @@ COMMANDS = {
     "bench": ("simulations.bench", "throughput, memory and communication benchmark"),
     "dp-baselines": ("simulations.dp_baselines", "DP popularity and DP-EASE at given epsilons"),
     "users-needed": ("simulations.users_needed", "how many users DP needs: DP vs no DP by size"),
+    "recommend": ("client.recommend", "a site's top-K from an adapter folder (user, history, all)"),
+    "serve": ("client.serve", "the recommender as an HTTP JSON endpoint behind a bearer token"),
 }
 EXIT_BAD_INPUT = 2  # every command: a config, data or privacy error (the message names it)
 

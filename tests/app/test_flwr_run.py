@@ -104,6 +104,15 @@ def test_two_rounds_of_local_dp_end_to_end(
 
     assert _alive_with(str(out / ".flwr-home")) == []
 
+    # After the last round every site kept the final global adapter beside its ledger.
+    assert [r["saved"] for r in on_disk["final_adapter"]] == [True, True]
+    for label in sorted(r["label"] for r in on_disk["final_adapter"]):
+        kept = out / "ledgers" / f"{label}.final-adapter"
+        kept_adapter = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_backbone), kept)
+        for name, value in _adapter_tensors(kept_adapter).items():
+            np.testing.assert_array_equal(value, loaded[name], err_msg=f"{label}: {name}")
+        assert str(out) not in (kept / "adapter_config.json").read_text()
+
 
 def test_a_second_run_resumes_from_the_checkpoint(
     tmp_path: Path, overrides: dict[str, Any]

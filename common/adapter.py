@@ -1,0 +1,174 @@
+"""The portable adapter folder: PEFT files + head + `fedrec.json`, written atomically, reopened."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.backbone import BUNDLED_ID, backbone_digest, portable_backbone
+from common.config import ConfigError, DataConfig, LoraConfig, ModelConfig
+from common.model import RecModel, load_adapter, save_adapter
+
+META_FILE = "fedrec.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What `fedrec.json` says about an adapter folder (no local paths in it).
+
+    ``model`` is the model config with ``backbone`` as recorded (`portable_backbone`) and no
+    cache folder; ``data`` holds the data settings without ``data.dir`` (None if unknown);
+    ``catalogue`` is the `catalogue_digest` of the items it was trained on ("" if unknown).
+    """
+
+    model: ModelConfig
+    history_len: int
+    n_items: int
+    backbone_digest: str
+    catalogue: str
+    data: dict[str, Any] | None
+    extra: dict[str, Any]
+
+
+def catalogue_digest(item_ids: Iterable[Any], item_texts: Sequence[str]) -> str:
+    """Content hash of a catalogue: item ids (as text) and item texts, in index order."""
+    h = hashlib.sha256()
+    for item, text in zip(item_ids, item_texts, strict=True):
+        h.update(f"{item}\t{text}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def write_adapter(
+    model: RecModel,
+    folder: str | Path,
+    *,
+    data: DataConfig | None = None,
+    catalogue: str = "",
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """`save_adapter` plus `fedrec.json`, into a temporary folder then swapped in place.
+
+    A reader never sees a half-written folder: either the previous adapter or the new one.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        save_adapter(model, tmp)
+        meta = _meta(model, data, catalogue, extra or {})
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        _swap(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _swap(new: Path, folder: Path) -> None:
+    """Put folder `new` at `folder` (renames only; the old one is removed afterwards)."""
+    if not folder.exists():
+        os.replace(new, folder)
+        return
+    old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
+    os.replace(folder, old / "adapter")
+    os.replace(new, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _meta(
+    model: RecModel, data: DataConfig | None, catalogue: str, extra: dict[str, Any]
+) -> dict[str, Any]:
+    settings = dataclasses.asdict(model.cfg)
+    settings["backbone"] = portable_backbone(model.cfg.backbone)
+    settings["cache_dir"] = ""
+    data_settings = None
+    if data is not None:
+        data_settings = {
+            f"data.{k.replace('_', '-')}": v
+            for k, v in dataclasses.asdict(data).items()
+            if k != "dir"
+        }
+    return {
+        "format": FORMAT,
+        "model": settings,
+        "history_len": int(model.recency.num_embeddings),
+        "n_items": int(model.prior.numel()),
+        "backbone_digest": backbone_digest(model.cfg.backbone),
+        "catalogue": catalogue,
+        "data": data_settings,
+        "extra": extra,
+    }
+
+
+def read_info(folder: str | Path) -> AdapterInfo:
+    """Parse `fedrec.json` of an adapter folder; a clear `ConfigError` naming the file if bad."""
+    path = Path(folder) / META_FILE
+    if not Path(folder).is_dir():
+        raise ConfigError(f"adapter folder {folder}: not found")
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: file not found (not an adapter folder written by fedrec, or written "
+            "before adapters carried their description)"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else meta
+        raise ConfigError(f"{path}: `format` must be {FORMAT}, got {got!r}")
+    try:
+        settings = dict(meta["model"])
+        model = ModelConfig(**{**settings, "lora": LoraConfig(**settings["lora"])})
+        return AdapterInfo(
+            model=model,
+            history_len=int(meta["history_len"]),
+            n_items=int(meta["n_items"]),
+            backbone_digest=str(meta["backbone_digest"]),
+            catalogue=str(meta.get("catalogue") or ""),
+            data=meta.get("data"),
+            extra=dict(meta.get("extra") or {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: bad or missing field ({type(exc).__name__}: {exc})") from None
+
+
+def open_adapter(
+    folder: str | Path, *, backbone: str | None = None, cache_dir: str = "", device: str = "cpu"
+) -> tuple[RecModel, AdapterInfo]:
+    """Load an adapter folder wherever it lies; its backbone is resolved here, not recorded.
+
+    `backbone` (a folder) overrides the recorded name; the recorded `BUNDLED_ID` is the
+    bundled copy; any other recorded name is tried as a path. The backbone found must have
+    the digest the adapter was trained on.
+    """
+    info = read_info(folder)
+    name = backbone if backbone else info.model.backbone
+    if name == BUNDLED_ID:
+        name = ""
+    try:
+        digest = backbone_digest(name)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(
+            f"adapter {folder} was trained on backbone {info.model.backbone!r}, which is not "
+            f"found here ({exc}); pass its folder as the backbone (--backbone)"
+        ) from None
+    if digest != info.backbone_digest:
+        raise ConfigError(
+            f"backbone {name or BUNDLED_ID!r} is not the one adapter {folder} was trained on "
+            f"(digest {digest}, expected {info.backbone_digest})"
+        )
+    cfg = dataclasses.replace(info.model, backbone=name, cache_dir=cache_dir)
+    model = load_adapter(
+        cfg, folder, n_items=info.n_items, history_len=info.history_len, device=device
+    )
+    return model.eval(), info
