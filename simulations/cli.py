@@ -16,6 +16,7 @@ COMMANDS = {
     "report": ("simulations.report", "the study report of a sweep folder"),
     "audit": ("simulations.audit", "empirical privacy audit (canaries, membership attacks)"),
     "bench": ("simulations.bench", "throughput, memory and communication benchmark"),
+    "tiny-backbone": ("simulations.tiny_backbone", "write a tiny random BERT (smoke runs, tests)"),
 }
 EXIT_BAD_INPUT = 2  # every command: a config, data or privacy error (the message names it)
 
