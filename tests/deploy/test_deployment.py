@@ -118,7 +118,6 @@ class Deployment:
     def start(self, name: str, cmd: list[str], home: Path | None, extra: dict[str, str]) -> Proc:
         """Start `cmd` in its own session; `home`: its FLWR_HOME (None: the command sets it)."""
         log = self.root / "logs" / f"{name}.log"
-        log.parent.mkdir(exist_ok=True)
         handle = log.open("wb")
         env = {**self.env, **extra}
         if home is not None:
@@ -281,8 +280,11 @@ def _bring_up(dep: Deployment, doc: dict[str, str]) -> None:
     incoming.mkdir()
     for site in SITES:
         shutil.copy(dep.keys / f"{site}.pub", incoming / f"{site}.pub")
-    dep.sh("register", dep.block(doc["register"]))
-    dep.node_ids.update({n["name"]: n["id"] for n in _named_nodes(dep)})
+    printed = dep.sh("register", dep.block(doc["register"]))
+    # flwr 1.42's `supernode ls` does not show `--name`: the ids come from the register lines.
+    ids = [int(i) for i in re.findall(r"SuperNode (\d+) registered successfully", printed)]
+    assert len(ids) == len(SITES) and set(dep.nodes()) == set(ids), printed
+    dep.node_ids.update(zip(SITES, ids, strict=True))
     write_site_data(dep.home, SITES)
     pa, pb = free_ports(2)
     # site-a runs the doc's block as written; site-b leaves its ledger to the run config's
@@ -306,25 +308,12 @@ def _bring_up(dep: Deployment, doc: dict[str, str]) -> None:
     )
 
 
-def _named_nodes(dep: Deployment) -> list[dict[str, Any]]:
-    """The registered nodes as {name, id}: `--name` of `flwr supernode register`, else by order."""
-    nodes = dep.cli_json("supernode", "ls", CONNECTION).get("nodes", [])
-    assert len(nodes) == len(SITES), nodes
-    named = [{"name": n.get("name"), "id": int(n["node-id"])} for n in nodes]
-    if all(n["name"] in SITES for n in named):
-        return named
-    # `flwr supernode ls --format json` may not show the name: match the ids the register
-    # block printed, in its order.
-    printed = re.findall(r"SuperNode (\d+) registered", dep.cli_logs[-1].read_text())
-    assert len(printed) == len(SITES), dep.cli_logs[-1].read_text()
-    return [{"name": s, "id": int(i)} for s, i in zip(SITES, printed, strict=True)]
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("deploy")
     home = root / "home"
     home.mkdir()
+    (root / "logs").mkdir()
     link_port, local_http, local_control = free_ports(3)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
     env.update(
