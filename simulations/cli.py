@@ -20,6 +20,7 @@ COMMANDS = {
     "users-needed": ("simulations.users_needed", "how many users DP needs: DP vs no DP by size"),
     "recommend": ("client.recommend", "a site's top-K from an adapter folder (user, history, all)"),
     "serve": ("client.serve", "the recommender as an HTTP JSON endpoint behind a bearer token"),
+    "tiny-backbone": ("simulations.tiny_backbone", "write a tiny random BERT (smoke runs, tests)"),
 }
 EXIT_BAD_INPUT = 2  # every command: a config, data or privacy error (the message names it)
 

@@ -12,6 +12,12 @@
 #   [superlink.NAME]
 #   address = "ADDRESS"
 #   root-certificates = "/abs/path/ca.crt"
+#
+# Environment:
+#   SET_DEFAULT=1  also set `[superlink] default = "NAME"`, so that a bare `flwr ls` / `flwr log`
+#                  talks to this SuperLink. Without it, a config.toml that Flower created itself
+#                  keeps `default = "local"`, and a bare `flwr ls` then starts a local simulation
+#                  SuperLink in the background (flwr 1.42) and lists ITS (empty) runs.
 set -euo pipefail
 
 if [[ $# -ne 3 ]]; then
@@ -25,7 +31,7 @@ if [[ -x "$repo/.venv/bin/python" ]]; then
 fi
 export FLWR_HOME=${FLWR_HOME:-$HOME/.flwr}
 mkdir -p "$FLWR_HOME"
-"$py" - "$1" "$2" "$3" <<'PY'
+"$py" - "$1" "$2" "$3" "${SET_DEFAULT:-0}" <<'PY'
 import os
 import re
 import sys
@@ -34,7 +40,7 @@ from pathlib import Path
 import tomli
 import tomli_w
 
-name, address, ca = sys.argv[1:4]
+name, address, ca, set_default = sys.argv[1:5]
 if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
     sys.exit(f"error: invalid connection name {name!r}")
 if not re.fullmatch(r"[^\s:/]+:[0-9]{1,5}|\[[0-9a-fA-F:]+\]:[0-9]{1,5}", address):
@@ -48,6 +54,9 @@ conf.setdefault("superlink", {})[name] = {
     "address": address,
     "root-certificates": str(ca_path),
 }
+if set_default == "1":
+    conf["superlink"]["default"] = name
 path.write_text(tomli_w.dumps(conf), encoding="utf-8")
-print(f"connection {name!r} -> {address} (CA {ca_path}) written to {path}")
+default = conf["superlink"].get("default")
+print(f"connection {name!r} -> {address} (CA {ca_path}) written to {path}; default: {default}")
 PY

@@ -3,7 +3,7 @@
 #
 # Usage: scripts/deploy/make_node_keys.sh OUT_DIR NAME [NAME...]
 #
-# Flower 1.41 expects an elliptic-curve key on a NIST curve in OpenSSH format:
+# Flower 1.42 expects an elliptic-curve key on a NIST curve in OpenSSH format:
 #   OUT_DIR/NAME      private key  -> `flower-supernode --auth-supernode-private-key OUT_DIR/NAME`
 #                                     (stays on that site's host; mode 600)
 #   OUT_DIR/NAME.pub  public key   -> `flwr supernode register OUT_DIR/NAME.pub <connection>`

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Start the fedrec SuperLink with TLS and SuperNode authentication (Flower 1.41).
+# Start the fedrec SuperLink with TLS and SuperNode authentication (Flower 1.42).
 #
 # Usage: scripts/deploy/superlink.sh CERT_DIR [PORT]
 #
 #   CERT_DIR  folder made by make_certs.sh: ca.crt, server.pem, server.key
 #   PORT      the single HTTPS port of the SuperLink (default $SUPERLINK_PORT or 9093).
-#             In Flower 1.41 the Fleet API (SuperNodes), the Control API (`flwr run`,
+#             In Flower 1.42 the Fleet API (SuperNodes), the Control API (`flwr run`,
 #             `flwr supernode register`, `flwr ls`) and the Runtime API (ServerApp) all share it.
 #
 # Environment:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start one site's SuperNode with TLS and SuperNode authentication (Flower 1.41).
+# Start one site's SuperNode with TLS and SuperNode authentication (Flower 1.42).
 #
 # Usage: scripts/deploy/supernode.sh SITE_NAME DATA_DIR KEY_FILE [PORT]
 #
