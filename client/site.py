@@ -76,15 +76,39 @@ def _site_data(
     return local, trainees, data_fingerprint(cfg, trainees)
 
 
+def resolve_node(
+    run_config: dict[str, Any], node_config: dict[str, Any]
+) -> tuple[RunConfig, str, tuple[int, ...] | None]:
+    """`node_setup` (config parsed, users partitioned) once per distinct pair of configs."""
+    try:
+        return _resolved(tuple(sorted(run_config.items())), tuple(sorted(node_config.items())))
+    except TypeError:  # an unhashable config value: resolve it afresh
+        return _freeze_users(*node_setup(run_config, node_config))
+
+
+@functools.lru_cache(maxsize=SITES_CACHED)
+def _resolved(
+    run_items: tuple[tuple[str, Any], ...], node_items: tuple[tuple[str, Any], ...]
+) -> tuple[RunConfig, str, tuple[int, ...] | None]:
+    return _freeze_users(*node_setup(dict(run_items), dict(node_items)))
+
+
+def _freeze_users(
+    cfg: RunConfig, name: str, users: np.ndarray | None
+) -> tuple[RunConfig, str, tuple[int, ...] | None]:
+    return cfg, name, None if users is None else tuple(int(u) for u in users)
+
+
 def get_site(run_config: dict[str, Any], node_config: dict[str, Any]) -> Site:
     """The `Site` for this node: its data cached per process, its policy read on every call.
 
-    The data part (users, canaries, the data fingerprint that picks the ledger) is cached per
-    (config, site name, users, canary slot). The policy is re-read from the node config and
+    The data part (parsed config, users, canaries, the data fingerprint that picks the
+    ledger) is cached per (run config, node config) and (config, site name, users, canary
+    slot). The policy is re-read from the node config and
     its file on every message: it is a small file, and a site that tightens its limits must
     be obeyed from the next message on, without restarting its SuperNode.
     """
-    cfg, name, users = node_setup(run_config, node_config)
+    cfg, name, key = resolve_node(run_config, node_config)
     ledger = node_config.get("ledger-path") or None
     if ledger is None and cfg.dp.local:
         ledger = str(site_ledger_dir(cfg) / f"{name}.json")
@@ -94,7 +118,6 @@ def get_site(run_config: dict[str, Any], node_config: dict[str, Any]) -> Site:
         if simulated
         else (0, 1)
     )
-    key = None if users is None else tuple(int(u) for u in users)
     local, trainees, data_key = _site_data(cfg, name, key, index, n_sites)
     corpus, cat, model = _shared(cfg)
     policy = load_policy(node_config, simulated=simulated)
