@@ -36,7 +36,7 @@ def privacy_report(
     """The ``privacy`` dict of a run's results.
 
     `releases` are ``(party, figures)`` pairs in the order the parties released them, each
-    with what a party's reply says about its privacy (`client.site.privacy_metrics`:
+    with what a party's reply says about its privacy (`client.spending.privacy_metrics`:
     ``epsilon``, ``delta``, ``epsilon-at-1e-6``, ``ledger-epsilon``); a party's last
     release counts, and the run's epsilon is the largest party's. `setting` is
     ``"federated"`` (sites and a server) or ``"central"`` (one party holding every user,

@@ -20,7 +20,7 @@ class ReplyError(ValueError):
 
 @dataclass(frozen=True)
 class SpentPrivacy:
-    """What a site says about its privacy after a release (`client.site.privacy_metrics`)."""
+    """What a site says about its privacy after a release (`client.spending.privacy_metrics`)."""
 
     epsilon: float  # the run's epsilon at `delta`
     delta: float
