@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import records as R
 from common.central_dp import RELATION, SAMPLING
 from common.config import RunConfig
 from common.privacy import epsilon_of
@@ -80,15 +81,15 @@ def _local(
     strict: dict[str, float] = {}
     ledger: dict[str, float] = {}
     deltas: list[float] = []
-    for party, c in releases:
-        if "epsilon" in c:
-            per_party[party] = float(c["epsilon"])
-        if "epsilon-at-1e-6" in c:
-            strict[party] = float(c["epsilon-at-1e-6"])
-        if "ledger-epsilon" in c:
-            ledger[party] = float(c["ledger-epsilon"])
-        if "delta" in c:
-            deltas.append(float(c["delta"]))
+    for party, c in releases:  # a reply's `common.replies.SpentPrivacy` figures
+        if R.EPSILON in c:
+            per_party[party] = float(c[R.EPSILON])
+        if R.EPSILON_STRICT in c:
+            strict[party] = float(c[R.EPSILON_STRICT])
+        if R.LEDGER_EPSILON in c:
+            ledger[party] = float(c[R.LEDGER_EPSILON])
+        if R.DELTA in c:
+            deltas.append(float(c[R.DELTA]))
     reproducible = cfg.dp.reproducible_noise
     out: dict[str, Any] = {
         "unit": "user",
