@@ -208,6 +208,20 @@ def accounted(run: RunResult, ledgers: dict[str, Any], delta_audit: float) -> di
     }
 
 
+def ledger_report(run: RunResult, ledgers: dict[str, Any]) -> dict[str, Any] | None:
+    """The sites' ledgers re-accounted against the epsilons the run reported (local DP)."""
+    if run.privacy.mode != "local":
+        return None
+    reported, unmatched = A.pair_reports(ledgers, run.history)
+    out = A.ledger_check(ledgers, reported_epsilons=reported)
+    if unmatched:
+        out["ok"] = False
+        flags = [f"no ledger matches node(s) {unmatched}"]
+        figures = dict.fromkeys(("epsilon_prv", "epsilon_rdp", "budget", "delta"), math.nan)
+        out["clients"]["(unmatched)"] = {**figures, "flags": flags}
+    return out
+
+
 def audit(
     out: Path,
     overrides: dict[str, Any],
@@ -249,20 +263,8 @@ def audit(
             seed=seed,
         ),
         "real_users": attack_real_users(cfg, scorer),
-        "ledger": None,
+        "ledger": ledger_report(run, ledgers),
     }
-    if run.privacy.mode == "local":
-        reported, unmatched = A.pair_reports(ledgers, run.history)
-        report["ledger"] = A.ledger_check(ledgers, reported_epsilons=reported)
-        if unmatched:
-            report["ledger"]["ok"] = False
-            report["ledger"]["clients"]["(unmatched)"] = {
-                "epsilon_prv": math.nan,
-                "epsilon_rdp": math.nan,
-                "budget": math.nan,
-                "delta": math.nan,
-                "flags": [f"no ledger matches node(s) {unmatched}"],
-            }
     ok, lines = verdict(report)
     report.update(
         verdict="PASS" if ok else "FAIL",
