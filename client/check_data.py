@@ -6,7 +6,7 @@ Example::
         item-id-column="sku" text-columns="title,category" min-interactions=5'
 
 Reads the files exactly as the site's ClientApp will (node config merged over the run config,
-`client.site.node_setup`), prints one summary line, and exits 2 with ``error: <file> line <n>:
+`client.node.node_setup`), prints one summary line, and exits 2 with ``error: <file> line <n>:
 ...`` on the first problem. It writes nothing.
 """
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.site import node_setup
+from client.node import node_setup
 from common.config import ConfigError, parse_overrides
 from common.interactions import DataError
 from common.task import load_corpus

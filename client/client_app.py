@@ -15,6 +15,7 @@ from client.site import get_site, initial_state, train_round
 from common import records as R
 from common.config import ConfigError
 from common.privacy import PrivacyError
+from common.replies import Decline, EvalReply, KeptReply, TrainReply
 
 app = ClientApp()
 log = logging.getLogger("flwr.fedrec")
@@ -53,20 +54,13 @@ def withhold_details(handler: Callable[[Message, Context], Message]) -> Callable
 
 
 def _reply(
-    metrics: dict, msg: Message, context: Context, label: str, arrays: dict | None = None
+    reply: TrainReply | EvalReply | Decline, msg: Message, context: Context, label: str
 ) -> Message:
-    """A reply: arrays (if any), metrics, the site's public label and a decline reason."""
-    reason = metrics.pop("reason", None)
-    content = RecordDict({R.METRICS: R.metric_record(metrics)})
-    if label:
-        content[R.SITE] = ConfigRecord({R.LABEL: label})
-    if arrays is not None:
-        content[R.ARRAYS] = R.to_record(arrays)
-    if reason is not None:
-        log.warning("[fedrec] declining %s: %s", msg.metadata.message_type, reason)
-        context.state[R.DECLINED] = ConfigRecord({"reason": str(reason)})
-        content[R.DECLINE] = ConfigRecord({R.REASON: str(reason)})
-    return Message(content, reply_to=msg)
+    """The reply message: its records (`common.replies`); a refusal is also logged and kept."""
+    if isinstance(reply, Decline):
+        log.warning("[fedrec] declining %s: %s", msg.metadata.message_type, reply.reason)
+        context.state[R.DECLINED] = ConfigRecord({R.REASON: reply.reason})
+    return Message(reply.to_record(label), reply_to=msg)
 
 
 @app.train()
@@ -76,7 +70,7 @@ def train(msg: Message, context: Context) -> Message:
     site = get_site(dict(context.run_config), dict(context.node_config))
     cfg = _config(msg)
     state = R.from_record(msg.content.array_records[R.ARRAYS])
-    new_state, metrics = train_round(
+    reply = train_round(
         site,
         state,
         server_round=int(cfg.get(R.ROUND, 0)),  # type: ignore[arg-type]
@@ -84,11 +78,11 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(cfg.get(R.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         run_key=str(cfg.get(R.RUN_KEY, "")),
     )
-    if new_state is not None and "epsilon" in metrics:
+    if isinstance(reply, TrainReply) and reply.privacy is not None:
         context.state["privacy"] = ConfigRecord(
-            {"epsilon": float(metrics["epsilon"]), "delta": float(metrics["delta"])}
+            {R.EPSILON: reply.privacy.epsilon, R.DELTA: reply.privacy.delta}
         )
-    return _reply(metrics, msg, context, site.policy.label, new_state)
+    return _reply(reply, msg, context, site.policy.label)
 
 
 @app.query()
@@ -107,7 +101,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     site = get_site(dict(context.run_config), dict(context.node_config))
     cfg = _config(msg)
     state = R.from_record(msg.content.array_records[R.ARRAYS])
-    metrics = evaluate_round(
+    reply = evaluate_round(
         site,
         state,
         which=str(cfg.get(R.EVAL_SPLIT, "test")),
@@ -115,7 +109,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         server_round=int(cfg.get(R.ROUND, 0)),  # type: ignore[arg-type]
         run_key=str(cfg.get(R.RUN_KEY, "")),
     )
-    return _reply(metrics, msg, context, site.policy.label)
+    return _reply(reply, msg, context, site.policy.label)
 
 
 @app.query(R.FINAL_ACTION)
@@ -130,5 +124,5 @@ def final_adapter(msg: Message, context: Context) -> Message:
         run_key=str(cfg.get(R.RUN_KEY, "")),
         server_round=int(cfg.get(R.ROUND, 0)),  # type: ignore[arg-type]
     )
-    return _reply({R.SAVED: 1}, msg, context, site.policy.label)
+    return Message(KeptReply(saved=True).to_record(site.policy.label), reply_to=msg)
 

@@ -7,17 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from client.site import (
-    Site,
-    dp_plan,
-    eval_releases,
-    load_reply,
-    open_ledger,
-    privacy_metrics,
-    round_seed,
-    save_reply,
-    spend,
-)
+from client.site import Site, dp_plan, eval_releases, round_seed
+from client.spending import load_reply, open_ledger, privacy_metrics, save_reply, spend
 from common import records as R
 from common.evaluate import evaluate_scores, item_cache_path, model_score_fn
 from common.exposure import long_tail_items
@@ -25,6 +16,7 @@ from common.metrics import RankingEvaluator
 from common.model import load_trainable_state
 from common.privacy import PrivacyError, test_only_zero_noise
 from common.records import state_digest
+from common.replies import Decline, EvalReply
 
 
 def shared_item_scores(site: Site, state: dict[str, np.ndarray]) -> Any:
@@ -48,6 +40,8 @@ def _item_cache_path(site: Site, state: dict[str, np.ndarray]) -> Path:
 
 # Per-user metrics a noised evaluation releases (each in [0, 1] per user).
 NOISED_METRICS = ("hr@10", "ndcg@10", "mrr")
+# Per-user vectors a simulated site's policy may release (fairness studies), in this order.
+PER_USER_RELEASED = ("user", "hr@10", "ndcg@10", "rank")
 
 
 def noisy_means(
@@ -82,8 +76,8 @@ def evaluate_round(
     per_user: bool,
     server_round: int = 0,
     run_key: str = "",
-) -> dict[str, Any]:
-    """This site's evaluation reply, as its policy allows (``declined = 1`` + reason if not).
+) -> EvalReply | Decline:
+    """This site's evaluation reply, as its policy allows (a `Decline` with its reason if not).
 
     Under local DP with ``release-eval = "noised"`` (the default) the metrics go through
     `noisy_means`, accounted in the site's ledger (kind ``eval``) and composed with training;
@@ -93,25 +87,26 @@ def evaluate_round(
     policy = site.policy
     why = policy.decline_reason(site.cfg, simulated=site.simulated)
     if why:
-        return {"declined": 1, "reason": f"{site.name}: {why}"}
+        return Decline(f"{site.name}: {why}")
     if policy.release_eval == "none":
-        return {"declined": 1, "reason": f"{site.name}: the site's policy releases no evaluation"}
+        return Decline(f"{site.name}: the site's policy releases no evaluation")
     noised = site.cfg.dp.local and policy.release_eval == "noised"
     if noised:
         return _noised_round(site, state, which=which, server_round=server_round, run_key=run_key)
     ev = _evaluate(site, state, which)
     res = ev.result()
-    out: dict[str, Any] = {k: v for k, v in res.items() if k != "n_users"}
-    out["num-examples"] = int(res["n_users"])
-    if per_user and policy.release_per_user and site.simulated:
-        pu = ev.per_user()
-        out["per-user-user"] = [float(u) for u in pu["user"]]
-        for k in ("hr@10", "ndcg@10", "rank"):
-            out[f"per-user-{k}"] = [float(x) for x in pu[k]]
-        # Per-item top-10 counts: the server sums them for the federation's true coverage,
-        # exposure Gini and Lorenz curve (a mean of per-site coverages would be wrong).
-        out[R.EXPOSURE_COUNTS] = [float(x) for x in ev.exposure(10)]
-    return out
+    scores = {k: v for k, v in res.items() if k != "n_users"}
+    if not (per_user and policy.release_per_user and site.simulated):
+        return EvalReply(scores, int(res["n_users"]))
+    pu = ev.per_user()
+    # Per-item top-10 counts: the server sums them for the federation's true coverage,
+    # exposure Gini and Lorenz curve (a mean of per-site coverages would be wrong).
+    return EvalReply(
+        scores,
+        int(res["n_users"]),
+        per_user={k: [float(x) for x in pu[k]] for k in PER_USER_RELEASED},
+        exposure_counts=[float(x) for x in ev.exposure(10)],
+    )
 
 
 def _evaluate(site: Site, state: dict[str, np.ndarray], which: str) -> Any:
@@ -133,40 +128,41 @@ def _evaluate(site: Site, state: dict[str, np.ndarray], which: str) -> Any:
 
 def _noised_round(
     site: Site, state: dict[str, np.ndarray], *, which: str, server_round: int, run_key: str
-) -> dict[str, Any]:
+) -> EvalReply | Decline:
     """One accounted, noised evaluation release (re-sent, not re-spent, when redelivered)."""
     try:
         plan = dp_plan(site)
     except PrivacyError as exc:
-        return {"declined": 1, "reason": f"{site.name}: {exc}"}
+        return Decline(f"{site.name}: {exc}")
     if plan is None or plan.eval_sigma <= 0:
-        return {"declined": 1, "reason": f"{site.name}: dp.eval-share = 0 leaves no budget for "
-                "a noised evaluation (the site's policy releases no plain metrics)"}  # fmt: skip
+        return Decline(f"{site.name}: dp.eval-share = 0 leaves no budget for a noised "
+                       "evaluation (the site's policy releases no plain metrics)")  # fmt: skip
     ledger = open_ledger(site, plan)
     kind = f"eval-{which}"
     if ledger.has_round(server_round, kind, run=run_key):
         cached = load_reply(site, server_round, kind, state, run_key)
         if cached is None:
             why = "was already released for another state; it is not released twice"
-            return {"declined": 1, "reason": f"{site.name}: evaluation {server_round} {why}"}
-        return cached[1]
+            return Decline(f"{site.name}: evaluation {server_round} {why}")
+        return EvalReply.from_metrics(cached[1])
     done = sum(1 for r in ledger.rounds if r.get("run", "") == run_key
                and str(r["kind"]).startswith("eval"))  # fmt: skip
     if done >= eval_releases(site):
-        return {"declined": 1, "reason": f"{site.name}: the run's {done} planned noised "
-                "evaluations are spent (one per round, dp.eval-share of epsilon)"}  # fmt: skip
+        return Decline(f"{site.name}: the run's {done} planned noised evaluations are spent "
+                       "(one per round, dp.eval-share of epsilon)")  # fmt: skip
     _, refusal = spend(
         site, plan, ledger, server_round=server_round, kind=kind, events=plan.eval_events(),
         run_key=run_key,
     )  # fmt: skip
     if refusal:
-        return {"declined": 1, "reason": f"{site.name}: {refusal}"}
+        return Decline(f"{site.name}: {refusal}")
     ev = _evaluate(site, state, which)
-    out: dict[str, Any] = noisy_means(
+    noisy = noisy_means(
         ev.per_user(), NOISED_METRICS, sigma=plan.eval_sigma,
         seed=round_seed(site, server_round, stream=3),
     )  # fmt: skip
-    out.update(privacy_metrics(site, plan, ledger, run_key))
-    out["noised"] = 1
-    save_reply(site, server_round, kind, state, {}, out, run_key)
-    return out
+    count = noisy.pop(R.NUM_EXAMPLES)
+    reply = EvalReply(noisy, count, privacy=privacy_metrics(site, plan, ledger, run_key),
+                      noised=True)  # fmt: skip
+    save_reply(site, server_round, kind, state, reply, run_key)
+    return reply

@@ -15,8 +15,7 @@ averages them and adds Gaussian noise of std ``sigma * C / m``. Poisson-sampling
   ``current + (sum of the k clipped updates) / m`` (`server.wrappers.CentralRelease`): the
   denominator is the number *sampled*, not the data-dependent ``k``, so the sensitivity stays
   ``2C / m`` and the noise is topped up (`add_noise`) to ``sigma * C / m`` whenever fewer nodes
-  were sampled than Flower's wrapper planned for. `top_up_noise` (noise for a mean over
-  ``k``) is the first version's rule, kept for its tests; the server no longer uses it.
+  were sampled than Flower's wrapper planned for.
 
 Under replace-one, epsilon is roughly twice the add/remove-one epsilon of the same noise; the
 reports say which relation they use.
@@ -66,20 +65,6 @@ def round_release(sigma: float, *, sampled: int, aggregated: int) -> Release | N
     if sampled < 1 or aggregated > sampled:
         raise PrivacyError(f"aggregated {aggregated} updates of {sampled} sampled clients")
     return (sigma * aggregated / (2.0 * sampled), sampled)
-
-
-def top_up_noise(
-    record: ArrayRecord, *, sigma: float, clip: float, sampled: int, aggregated: int
-) -> ArrayRecord:
-    """Add the noise that makes a mean over `aggregated` < `sampled` updates as private as planned.
-
-    Flower added std ``sigma * C / m``; the mean over ``k`` needs ``sigma * C / k``; the missing
-    independent Gaussian has std ``sigma * C * sqrt(1/k^2 - 1/m^2)`` (variances add).
-    """
-    if not 0 < aggregated <= sampled:
-        raise PrivacyError(f"aggregated {aggregated} updates of {sampled} sampled clients")
-    extra = sigma * clip * math.sqrt(max(0.0, 1 / aggregated**2 - 1 / sampled**2))
-    return add_noise(record, extra)
 
 
 def add_noise(record: ArrayRecord, std: float) -> ArrayRecord:

@@ -1,11 +1,13 @@
-"""The privacy section of results.json: one builder for the federated and the central run."""
+"""The privacy section of results.json: one builder (both settings) and its typed reader."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from common import records as R
 from common.central_dp import RELATION, SAMPLING
 from common.config import RunConfig
 from common.privacy import epsilon_of
@@ -35,7 +37,7 @@ def privacy_report(
     """The ``privacy`` dict of a run's results.
 
     `releases` are ``(party, figures)`` pairs in the order the parties released them, each
-    with what a party's reply says about its privacy (`client.site.privacy_metrics`:
+    with what a party's reply says about its privacy (`client.spending.privacy_metrics`:
     ``epsilon``, ``delta``, ``epsilon-at-1e-6``, ``ledger-epsilon``); a party's last
     release counts, and the run's epsilon is the largest party's. `setting` is
     ``"federated"`` (sites and a server) or ``"central"`` (one party holding every user,
@@ -79,15 +81,15 @@ def _local(
     strict: dict[str, float] = {}
     ledger: dict[str, float] = {}
     deltas: list[float] = []
-    for party, c in releases:
-        if "epsilon" in c:
-            per_party[party] = float(c["epsilon"])
-        if "epsilon-at-1e-6" in c:
-            strict[party] = float(c["epsilon-at-1e-6"])
-        if "ledger-epsilon" in c:
-            ledger[party] = float(c["ledger-epsilon"])
-        if "delta" in c:
-            deltas.append(float(c["delta"]))
+    for party, c in releases:  # a reply's `common.replies.SpentPrivacy` figures
+        if R.EPSILON in c:
+            per_party[party] = float(c[R.EPSILON])
+        if R.EPSILON_STRICT in c:
+            strict[party] = float(c[R.EPSILON_STRICT])
+        if R.LEDGER_EPSILON in c:
+            ledger[party] = float(c[R.LEDGER_EPSILON])
+        if R.DELTA in c:
+            deltas.append(float(c[R.DELTA]))
     reproducible = cfg.dp.reproducible_noise
     out: dict[str, Any] = {
         "unit": "user",
@@ -154,3 +156,69 @@ def _one_party(cfg: RunConfig, plan: DPPlan | None) -> dict[str, Any]:
         "steps": plan.steps_per_round * rounds,
         "clip": cfg.dp.clip,
     }
+
+
+# The figures every privacy section has, in every mode and setting (a sweep row keeps these).
+SUMMARY_KEYS = ("unit", "mode", "trust_model", "epsilon", "target_epsilon", "delta", "accountant")
+
+
+@dataclass(frozen=True)
+class PrivacyReport:
+    """The ``privacy`` section of a results.json, read back (`privacy_report` writes it).
+
+    The mode-specific figures (per-site epsilons, declines, central-DP noise, the one-party
+    plan) stay in `details` under their results.json keys.
+    """
+
+    mode: str  # "local", "central" or "none"
+    epsilon: float  # the run's epsilon (inf without DP)
+    unit: str | None = None
+    trust_model: str | None = None
+    target_epsilon: float | None = None
+    delta: float | None = None
+    accountant: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_dp(self) -> bool:
+        """Whether the run has a formal guarantee (dp.mode is not "none")."""
+        return self.mode != "none"
+
+    def summary(self) -> dict[str, Any]:
+        """The figures every mode has (`SUMMARY_KEYS`): what a sweep row records."""
+        return {k: getattr(self, k) for k in SUMMARY_KEYS}
+
+    def to_json(self) -> dict[str, Any]:
+        """The section as results.json holds it (summary figures first, then the details)."""
+        return {**self.summary(), **self.details}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str) -> PrivacyReport:
+        """Read a privacy section; `source` names it in the error for a missing figure."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source}: the privacy section is not an object ({data!r})")
+        for key in ("mode", "epsilon"):
+            if key not in data:
+                raise ValueError(f"{source}: missing key `{key}`")
+        return cls(
+            mode=str(data["mode"]),
+            epsilon=_number(data["epsilon"], f"{source}: `epsilon`"),
+            unit=data.get("unit"),
+            trust_model=data.get("trust_model"),
+            target_epsilon=_maybe_number(data.get("target_epsilon"), f"{source}: `target_epsilon`"),
+            delta=_maybe_number(data.get("delta"), f"{source}: `delta`"),
+            accountant=data.get("accountant"),
+            details={k: v for k, v in data.items() if k not in SUMMARY_KEYS},
+        )
+
+
+def _number(value: Any, where: str) -> float:
+    """A JSON number, or the "inf" / "nan" strings strict JSON writes for them."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} is not a number ({value!r})") from None
+
+
+def _maybe_number(value: Any, where: str) -> float | None:
+    return None if value is None else _number(value, where)

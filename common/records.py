@@ -18,6 +18,17 @@ DECLINE = "decline"  # the ConfigRecord of a refusal: why the site declined (its
 REASON = "reason"
 SITE = "site"  # the ConfigRecord of a reply naming the site by the label it publishes
 LABEL = "label"
+# What a reply says about the privacy a site spent (`common.replies.SpentPrivacy`).
+EPSILON = "epsilon"  # the run's epsilon at the site after this release
+DELTA = "delta"
+EPSILON_STRICT = "epsilon-at-1e-6"  # the run's epsilon at the report delta
+LEDGER_EPSILON = "ledger-epsilon"  # every run's epsilon on this site's data
+REPRODUCIBLE_NOISE = "reproducible-noise"  # 1: the noise is seeded (simulation only)
+NOISED = "noised"  # 1: an evaluation reply through the Gaussian mechanism
+# A training reply's diagnostics (no DP, or a policy releasing them: `common.replies.TrainStats`).
+TRAIN_STEPS = "steps"
+USERS_TRAINED = "users-trained"
+TRAIN_S = "train-s"
 PER_USER_PREFIX = "per-user-"  # list-valued per-user metrics (fairness studies)
 EXPOSURE_COUNTS = "exposure-counts@10"  # per-item top-10 counts, summed across clients
 

@@ -12,6 +12,8 @@ from flwr.app import Message
 from common import records as R
 from common.config import RunConfig
 from common.model import PRIOR_KEY
+from common.replies import Decline
+from common.replies import site_label as label_of
 
 log = logging.getLogger("flwr.fedrec")
 
@@ -83,20 +85,12 @@ def node_of(reply: Message, sent_to: dict[str, int]) -> int:
 
 def site_label(reply: Message) -> str:
     """The public label a site sends with its replies ("" when it publishes none)."""
-    rec = reply.content.config_records.get(R.SITE)
-    return str(rec.get(R.LABEL, "")) if rec is not None else ""
+    return label_of(reply.content)
 
 
-def decline_reason(reply: Message) -> str:
-    """The reason a site gave for declining (its ``decline`` ConfigRecord)."""
-    rec = reply.content.config_records.get(R.DECLINE)
-    return str(rec.get(R.REASON, "no reason given")) if rec is not None else "no reason given"
-
-
-def declined(reply: Message) -> bool:
-    """Whether a (content) reply says the site declined the round."""
-    metrics = reply.content.metric_records.get(R.METRICS)
-    return bool(metrics is not None and metrics.get(R.DECLINED, 0))
+def decline_of(reply: Message) -> Decline | None:
+    """The site's refusal in a (content) reply, with its reason; None if it did not decline."""
+    return Decline.from_record(reply.content)
 
 
 def client_row(reply: Message, sent_to: dict[str, int]) -> dict[str, Any]:
@@ -148,8 +142,8 @@ def sort_replies(
         row = client_row(reply, sent_to)
         if reply.has_error():
             row["dropped"] = f"error: {reply.error.reason}"
-        elif declined(reply):
-            row["dropped"] = f"declined: {decline_reason(reply)}"
+        elif (decline := decline_of(reply)) is not None:
+            row["dropped"] = f"declined: {decline.reason}"
         elif problem := check_update(reply, global_state, cfg, prior_round=prior_round):
             row["dropped"] = problem
         else:

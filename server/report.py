@@ -17,7 +17,7 @@ from common.io import write_json_atomic
 from common.privacy_report import privacy_report
 
 # Per-site privacy figures in a reply: reported per site, never averaged as metrics.
-PRIVACY_KEYS = ("epsilon", "delta", "epsilon-at-1e-6", "ledger-epsilon", R.DECLINED)
+PRIVACY_KEYS = (R.EPSILON, R.DELTA, R.EPSILON_STRICT, R.LEDGER_EPSILON, R.DECLINED)
 
 
 def aggregate_eval(replies: list[Message]) -> dict[str, Any]:
@@ -104,8 +104,8 @@ def finish_run(
     """
     last = history[-1]["eval"] if history else {}
     metrics = {k: v for k, v in last.items() if k not in ("per_client", "per_user")}
-    users = sum(float(c.get("users-trained", 0)) for r in history for c in r["clients"])
-    train_s = sum(float(c.get("train-s", 0)) for r in history for c in r["clients"])
+    users = sum(float(c.get(R.USERS_TRAINED, 0)) for r in history for c in r["clients"])
+    train_s = sum(float(c.get(R.TRAIN_S, 0)) for r in history for c in r["clients"])
     up = [c.get("bytes_up", 0) for r in history for c in r["clients"] if c.get("bytes_up")]
     privacy = _privacy(cfg, history, central)
     base = baselines_fn() if baselines_fn else {}

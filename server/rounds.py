@@ -13,9 +13,10 @@ from flwr.serverapp import Grid
 from common import records as R
 from common.config import RunConfig
 from common.model import PRIOR_KEY
-from server.checks import decline_reason, declined, node_of, site_label, sort_replies
+from common.replies import EvalReply, KeptReply, ReplyError
+from server.checks import decline_of, node_of, site_label, sort_replies
 from server.evaluation import EvaluateFn
-from server.report import PRIVACY_KEYS, aggregate_eval
+from server.report import aggregate_eval
 from server.wrappers import CheckedReplies
 
 log = logging.getLogger("flwr.fedrec")
@@ -143,30 +144,23 @@ def evaluate_round(
     for r in grid.send_and_receive(msgs, timeout=cfg.fed.round_timeout):
         if r.has_error():
             continue
-        if declined(r):
-            why = decline_reason(r)
-            log.warning("[fedrec] round %d: node %s declines evaluation: %s", rnd,
-                        r.metadata.src_node_id, why)  # fmt: skip
-            result.eval_declined.append(
-                {"node": int(r.metadata.src_node_id), "label": site_label(r), "reason": why}
-            )
-        else:
-            usable.append(r)
+        node, label = int(r.metadata.src_node_id), site_label(r)
+        if (decline := decline_of(r)) is not None:
+            log.warning("[fedrec] round %d: node %s declines evaluation: %s", rnd, node,
+                        decline.reason)  # fmt: skip
+            result.eval_declined.append({"node": node, "label": label, "reason": decline.reason})
+            continue
+        try:
+            reply = EvalReply.from_record(r.content)
+        except ReplyError as exc:
+            log.warning("[fedrec] round %d: dropping evaluation of node %s: %s", rnd, node, exc)
+            continue
+        usable.append(r)
+        if reply.privacy is not None:
+            privacy = {k: float(v) for k, v in reply.privacy.metrics().items()}  # type: ignore[arg-type]
+            result.eval_privacy.append({"node": node, "label": label, **privacy})
     result.site_eval = aggregate_eval(usable)
     result.eval = evaluate_fn(R.from_record(new)) if evaluate_fn is not None else result.site_eval
-    result.eval_privacy = [
-        {
-            "node": int(r.metadata.src_node_id),
-            "label": site_label(r),
-            **{
-                k: float(v)  # type: ignore[arg-type]
-                for k, v in r.content.metric_records[R.METRICS].items()
-                if k in PRIVACY_KEYS and k != R.DECLINED
-            },
-        }
-        for r in usable
-        if "epsilon" in r.content.metric_records[R.METRICS]
-    ]
 
 
 def deliver_final(
@@ -196,7 +190,7 @@ def deliver_final(
                         r.error.reason)  # fmt: skip
             rows.append({"node": node, "saved": False, "error": r.error.reason})
         else:
-            saved = bool(r.content.metric_records[R.METRICS].get(R.SAVED, 0))
+            saved = KeptReply.from_record(r.content).saved
             rows.append({"node": node, "label": site_label(r), "saved": saved})
     got = {row["node"] for row in rows}
     rows += [{"node": n, "saved": False, "error": "no reply"} for n in to.values()

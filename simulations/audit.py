@@ -33,6 +33,7 @@ from common.evaluate import ScoreFn, model_score_fn
 from common.io import write_json_atomic
 from common.model import RecModel, load_adapter
 from common.privacy import epsilon_of, site_ledger_dir
+from common.run_result import RunResult, load_run
 from common.task import device, heldout_users, load_catalogue, load_corpus
 from simulations import cli, federated
 from simulations.audit_report import markdown, plot_roc, verdict
@@ -192,19 +193,33 @@ def attack_real_users(cfg: RunConfig, scorer: Scorer) -> dict[str, Any]:
     return out
 
 
-def accounted(res: dict[str, Any], ledgers: dict[str, Any], delta_audit: float) -> dict[str, Any]:
+def accounted(run: RunResult, ledgers: dict[str, Any], delta_audit: float) -> dict[str, Any]:
     """The run's epsilon (upper bound) at its delta, and recomputed at the audit delta."""
-    p = res["privacy"]
-    if p["mode"] == "none":
+    p = run.privacy
+    if not p.is_dp:
         return {"epsilon_run": math.inf, "epsilon_audit": math.inf, "delta_run": None}
-    if p["mode"] != "local":
+    if p.mode != "local":
         raise ConfigError("the canary audit needs dp.mode 'local' or 'none' (user-level DP)")
     at = [epsilon_of(A.ledger_events(led["rounds"]), delta=delta_audit) for led in ledgers.values()]
     return {
-        "epsilon_run": float(p["epsilon"]),
-        "delta_run": float(p["delta"]),
+        "epsilon_run": p.epsilon,
+        "delta_run": p.delta,
         "epsilon_audit": max(at) if at else math.nan,
     }
+
+
+def ledger_report(run: RunResult, ledgers: dict[str, Any]) -> dict[str, Any] | None:
+    """The sites' ledgers re-accounted against the epsilons the run reported (local DP)."""
+    if run.privacy.mode != "local":
+        return None
+    reported, unmatched = A.pair_reports(ledgers, run.history)
+    out = A.ledger_check(ledgers, reported_epsilons=reported)
+    if unmatched:
+        out["ok"] = False
+        flags = [f"no ledger matches node(s) {unmatched}"]
+        figures = dict.fromkeys(("epsilon_prv", "epsilon_rdp", "budget", "delta"), math.nan)
+        out["clients"]["(unmatched)"] = {**figures, "flags": flags}
+    return out
 
 
 def audit(
@@ -221,23 +236,23 @@ def audit(
     run_dir = out / "run"
     t0 = time.time()
     if reuse and (run_dir / "results.json").exists():
-        res = json.loads((run_dir / "results.json").read_text())
+        run = load_run(run_dir / "results.json")
     else:
         if parse_config(overrides).audit.canaries == 0:
             raise ConfigError("the audit needs canaries: set audit.canaries > 0")
-        res = federated.run(overrides, run_dir)
+        run = RunResult.of(federated.run(overrides, run_dir), str(run_dir / "results.json"))
     run_s, t1 = time.time() - t0, time.time()
-    cfg = parse_config(res["config"])
+    cfg = parse_config(run.run_config())
     folder = site_ledger_dir(cfg)
     ledgers = {f.stem: json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))}
-    acc = accounted(res, ledgers, delta_audit)
+    acc = accounted(run, ledgers, delta_audit)
     delta_run = acc["delta_run"] or 1.0 / load_corpus(cfg.data).data.n_users  # no DP: nominal
     scorer = Scorer(cfg, run_dir / "adapter", attacks)
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "dataset": cfg.data.dataset,
         "confidence": confidence,
-        "privacy": res["privacy"],
+        "privacy": run.privacy.to_json(),
         "accounted": acc,
         "canaries": audit_canaries(
             cfg,
@@ -248,20 +263,8 @@ def audit(
             seed=seed,
         ),
         "real_users": attack_real_users(cfg, scorer),
-        "ledger": None,
+        "ledger": ledger_report(run, ledgers),
     }
-    if res["privacy"]["mode"] == "local":
-        reported, unmatched = A.pair_reports(ledgers, res["history"])
-        report["ledger"] = A.ledger_check(ledgers, reported_epsilons=reported)
-        if unmatched:
-            report["ledger"]["ok"] = False
-            report["ledger"]["clients"]["(unmatched)"] = {
-                "epsilon_prv": math.nan,
-                "epsilon_rdp": math.nan,
-                "budget": math.nan,
-                "delta": math.nan,
-                "flags": [f"no ledger matches node(s) {unmatched}"],
-            }
     ok, lines = verdict(report)
     report.update(
         verdict="PASS" if ok else "FAIL",
@@ -269,7 +272,7 @@ def audit(
         timing={
             "run_s": run_s,
             "audit_s": time.time() - t1,
-            "flwr_run_s": res.get("timing", {}).get("flwr_run_s"),
+            "flwr_run_s": run.timing.get("flwr_run_s"),
         },
     )
     plot_roc(report, out / "roc.png")

@@ -38,6 +38,7 @@ from common.model import trainable_state
 from common.policy import SitePolicy
 from common.privacy import PrivacyError
 from common.privacy_report import privacy_report
+from common.replies import Decline, TrainReply
 from common.task import setup
 from simulations import cli
 
@@ -83,9 +84,9 @@ def local_round(
     *,
     server_round: int,
     progress: Callable[[int, int, float], None] | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+) -> TrainReply:
     """The party's round `server_round` (0: the prior) as a site runs it; raise if declined."""
-    new, metrics = train_round(
+    reply = train_round(
         site,
         state,
         server_round=server_round,
@@ -93,9 +94,9 @@ def local_round(
         proximal_mu=0.0,
         progress=progress,
     )
-    if new is None:
-        raise PrivacyError(str(metrics.get("reason", f"round {server_round} declined")))
-    return new, metrics
+    if isinstance(reply, Decline):
+        raise PrivacyError(reply.reason)
+    return reply
 
 
 def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
@@ -162,8 +163,9 @@ def _passes(site: Site) -> tuple[list[dict[str, float]], list[dict[str, Any]], f
     state = trainable_state(site.model)
     releases: list[dict[str, Any]] = []
     if cfg.model.prior:
-        state, reply = local_round(site, state, server_round=0)
-        releases.append(reply)
+        reply = local_round(site, state, server_round=0)
+        state = reply.state
+        releases.append(reply.metrics())
     history: list[dict[str, float]] = []
     train_s = 0.0
     users_seen = 0
@@ -175,12 +177,16 @@ def _passes(site: Site) -> tuple[list[dict[str, float]], list[dict[str, Any]], f
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.3f}")
 
-        state, reply = local_round(site, state, server_round=rnd, progress=progress)
+        reply = local_round(site, state, server_round=rnd, progress=progress)
         bar.close()
-        releases.append(reply)
-        loss, wall_s = float(reply["train_loss"]), float(reply["train-s"])
+        state = reply.state
+        releases.append(reply.metrics())
+        stats = reply.stats
+        if stats is None:  # the curator's policy releases diagnostics: a bug if missing
+            raise RuntimeError("the central run's reply carries no training diagnostics")
+        loss, wall_s = stats.train_loss, stats.train_s
         train_s += wall_s
-        users_seen += int(reply["users-trained"])
+        users_seen += stats.users_trained
         val = evaluate_scores(
             model_score_fn(site.model, site.cat, history_len=cfg.data.history_len),
             site.local,

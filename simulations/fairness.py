@@ -8,11 +8,14 @@ synthetic data). Gaps are best minus worst group mean.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from common.run_result import RunResult
 
 ACTIVE_SHARE = 0.2  # "most active" = top 20% of users by training interactions
 AGE_BANDS = ((0, "<25"), (25, "25-34"), (35, "35-44"), (45, "45+"))  # ml-1m codes fit too
@@ -55,23 +58,22 @@ def group_table(values: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, 
     return {"groups": groups, **gaps}
 
 
-def per_user_lists(results: dict[str, Any]) -> dict[str, np.ndarray] | None:
+def per_user_lists(results: RunResult | Mapping[str, Any]) -> dict[str, np.ndarray] | None:
     """Per-user {user, hr@10, ndcg@10, rank if kept} of the final evaluation."""
-    pu = results.get("per_user") or ((results.get("history") or [{}])[-1].get("eval") or {}).get(
-        "per_user"
-    )
+    pu = RunResult.of(results).final_per_user()
     if not pu or "user" not in pu or not len(pu["user"]):
         return None
     keys = ("user", "hr@10", "ndcg@10", "rank")
     return {k: np.asarray(pu[k], dtype=np.float64) for k in keys if k in pu}
 
 
-def fairness(results: dict[str, Any], corpus: Any) -> dict[str, Any]:
+def fairness(results: RunResult | Mapping[str, Any], corpus: Any) -> dict[str, Any]:
     """Per-client distribution, user groups (activity, demographics) and item-side metrics."""
     from common.exposure import distribution_summary
 
+    results = RunResult.of(results)
     out: dict[str, Any] = {}
-    last = ((results.get("history") or [{}])[-1].get("eval") or {}).get("per_client")
+    last = results.last_eval().get("per_client")
     if last:
         out["per_client"] = {
             k: distribution_summary(np.array([x for x in last[k] if not math.isnan(x)]))
@@ -90,7 +92,7 @@ def fairness(results: dict[str, Any], corpus: Any) -> dict[str, Any]:
                 raw = np.asarray(attrs[name])[users]
                 labels = np.array([age_band(float(a)) for a in raw]) if name == "age" else raw
                 out[name] = group_table(vals, labels.astype(str))
-    m = results.get("metrics", {})
+    m = results.metrics
     out["items"] = {k: m[k] for k in ("coverage@10", "long_tail_share@10", "exposure_gini@10")
                     if k in m}  # fmt: skip
     return out
@@ -104,7 +106,9 @@ def _rank_stats(rank: np.ndarray, n_items: int) -> dict[str, float]:
     }
 
 
-def cold_start(results: dict[str, Any], corpus: Any, *, seed: int) -> dict[str, Any] | None:
+def cold_start(
+    results: RunResult | Mapping[str, Any], corpus: Any, *, seed: int
+) -> dict[str, Any] | None:
     """Model vs most-popular on users whose test item is cold (never in training) vs the rest.
 
     Besides HR@10 / NDCG@10: HR@100 and the mean rank percentile of the test item, which show
@@ -115,6 +119,7 @@ def cold_start(results: dict[str, Any], corpus: Any, *, seed: int) -> dict[str, 
     from common.baselines import create_baseline
     from common.evaluate import evaluate_scores
 
+    results = RunResult.of(results)
     split = corpus.split
     pu = per_user_lists(results)
     if not len(split.cold_items) or pu is None:
@@ -153,7 +158,7 @@ def cold_start(results: dict[str, Any], corpus: Any, *, seed: int) -> dict[str, 
 
 
 def _text_only_cold(
-    results: dict[str, Any], corpus: Any, users: np.ndarray, *, seed: int
+    results: RunResult, corpus: Any, users: np.ndarray, *, seed: int
 ) -> dict[str, float] | None:
     """The run's final adapter with the popularity prior switched off, on the cold users.
 
@@ -166,7 +171,7 @@ def _text_only_cold(
     from common.model import load_adapter
     from common.task import device, load_catalogue
 
-    conf = results.get("config") or {}
+    conf = results.config
     folder = Path(str(conf.get("fed.out-dir", ""))) / "adapter"
     if not conf or not (folder / "adapter_config.json").is_file():
         return None

@@ -19,6 +19,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.privacy_report import PrivacyReport  # noqa: E402
 from simulations import cli
 from simulations.report_sections import (  # noqa: E402
     VIOLATION,
@@ -215,6 +216,13 @@ def section_groups(pts: list[dict], central: list[dict], plots: Path) -> list[st
     ]
 
 
+def row_privacy(row: dict[str, Any]) -> PrivacyReport | None:
+    """A row's privacy (the sweep writes `PrivacyReport.summary` of the run); None if absent."""
+    if not row.get("privacy"):
+        return None
+    return PrivacyReport.from_json(row["privacy"], f"results.jsonl row {row.get('id')}: privacy")
+
+
 def write_report(out_dir: Path) -> Path:
     """Render DIR/report.md (and plots) from DIR/results.jsonl; return the report's path."""
     rows = latest(read_rows(out_dir / "results.jsonl"))
@@ -224,10 +232,8 @@ def write_report(out_dir: Path) -> Path:
     scale = [r for r in rows if r.get("kind") == "scale"]
     plots = out_dir / "plots"
     bad = [r for r in rows if privacy_check(r) is False]
-    dp_priv = [
-        r["privacy"] for r in ok if (r.get("privacy") or {}).get("mode") not in (None, "none")
-    ]
-    units = sorted({f"unit: {p.get('unit')}; trust model: {p.get('trust_model')}" for p in dp_priv})
+    dp_priv = [p for p in map(row_privacy, ok) if p is not None and p.is_dp]
+    units = sorted({f"unit: {p.unit}; trust model: {p.trust_model}" for p in dp_priv})
     md = [
         f"# Study report: {out_dir.name}",
         "",

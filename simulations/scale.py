@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, parse_config
+from common.run_result import RunResult
 from simulations import federated
 from simulations.procs import process_table
 
@@ -136,13 +137,13 @@ def run_scale(overrides: dict[str, Any], out: Path) -> dict[str, Any]:
     t0 = time.time()
     out = out.resolve()
     with TreeMonitor(out / ".flwr-home") as mon:
-        res = federated.run(overrides, out, quiet=True)
-    hist = res.get("history") or []
+        res = RunResult.of(federated.run(overrides, out, quiet=True), str(out / "results.json"))
+    hist = res.history
     per_round = [float(h["wall_s"]) for h in hist]
     cfg = parse_config(overrides)
     return {
-        "status": "completed" if res.get("status") == "completed" else "stopped",
-        "run_status": res.get("status"),
+        "status": "completed" if res.completed else "stopped",
+        "run_status": res.status,
         "dataset": cfg.data.dataset,
         "overrides": overrides,
         "n_clients": cfg.data.synthetic_users,
@@ -154,11 +155,12 @@ def run_scale(overrides: dict[str, Any], out: Path) -> dict[str, Any]:
         "peak_processes": mon.peak_procs,
         "max_process_rss_mb": mon.max_proc_kb / 1024,
         "launcher_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "metrics": res.get("metrics", {}),
+        "metrics": res.metrics,
         "privacy": {
-            k: res.get("privacy", {}).get(k)
-            for k in ("unit", "mode", "trust_model", "epsilon", "target_epsilon")
+            k: v
+            for k, v in res.privacy.summary().items()
+            if k in ("unit", "mode", "trust_model", "epsilon", "target_epsilon")
         },
-        "timing": {**res.get("timing", {}), "sweep_wall_s": time.time() - t0},
+        "timing": {**res.timing, "sweep_wall_s": time.time() - t0},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -33,11 +33,13 @@ from typing import Any
 
 from common.config import ConfigError, load_defaults, parse_config, parse_overrides
 from common.io import clean_json
+from common.run_result import RunResult, load_run
 from simulations import cli, federated
 from simulations.fairness import cold_start, fairness
 from simulations.scale import run_scale, scale_overrides, split_scale_table
 
 PRESETS = Path(__file__).resolve().parent / "presets"
+TOP10 = ("hr@10", "ndcg@10")  # the per-round figures a row keeps
 TABLES = ("description", "base", "grid", "point", "central", "scale")
 
 
@@ -166,55 +168,35 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def make_row(pt: Point, results: dict[str, Any], wall_s: float) -> dict[str, Any]:
+def make_row(pt: Point, results: RunResult, wall_s: float) -> dict[str, Any]:
     """The results.jsonl row of a finished point: config, metrics, privacy, fairness, timing."""
     from common.task import load_corpus
 
     cfg = parse_config(pt.overrides)
     corpus = load_corpus(cfg.data)
-    priv = results.get("privacy", {})
-    hist = results.get("history") or []
-    per_client = (hist[-1].get("eval") or {}).get("per_client") if hist else None
-    status = results.get("status", "completed")
+    per_client = results.last_eval().get("per_client")
     return {
         "id": pt.id,
         "kind": pt.kind,
         "setting": pt.settings[0] if pt.settings else pt.kind,
         "settings": pt.settings,
-        "status": "completed" if status == "completed" else "stopped",
-        "run_status": status,
+        "status": "completed" if results.completed else "stopped",
+        "run_status": results.status,
         "dataset": cfg.data.dataset,
         "overrides": pt.overrides,
         "epsilon_target": cfg.dp.epsilon if cfg.dp.mode != "none" else math.inf,
-        "metrics": results.get("metrics", {}),
-        "baselines": results.get("baselines", {}),
-        "privacy": {
-            k: priv.get(k)
-            for k in (
-                "unit",
-                "mode",
-                "trust_model",
-                "epsilon",
-                "target_epsilon",
-                "delta",
-                "accountant",
-            )
-        },
+        "metrics": results.metrics,
+        "baselines": results.baselines,
+        "privacy": results.privacy.summary(),
         "fairness": fairness(results, corpus),
         "cold_start": cold_start(results, corpus, seed=cfg.train.seed),
         "rounds": [
-            {
-                "round": h["round"],
-                "wall_s": h.get("wall_s"),
-                "hr@10": h["eval"].get("hr@10"),
-                "ndcg@10": h["eval"].get("ndcg@10"),
-            }
-            for h in hist
-            if "eval" in h
-        ],  # fmt: skip
-        "per_client": {k: per_client[k] for k in ("hr@10", "ndcg@10")} if per_client else None,
-        "timing": {**results.get("timing", {}), "sweep_wall_s": wall_s},
-        "communication": results.get("communication", {}),
+            {k: h.get(k) for k in ("round", "wall_s")} | {k: h["eval"].get(k) for k in TOP10}
+            for h in results.evaluated_rounds()
+        ],
+        "per_client": {k: per_client[k] for k in TOP10} if per_client else None,
+        "timing": {**results.timing, "sweep_wall_s": wall_s},
+        "communication": results.communication,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -222,7 +204,7 @@ def make_row(pt: Point, results: dict[str, Any], wall_s: float) -> dict[str, Any
 # ------------------------------------------------------------------ running
 
 
-def run_central(over: dict[str, Any], out: Path) -> dict[str, Any]:
+def run_central(over: dict[str, Any], out: Path) -> RunResult:
     """`python -m simulations.centralized` in a child process (its memory is freed after)."""
     pairs = []
     for k, v in over.items():
@@ -240,15 +222,13 @@ def run_central(over: dict[str, Any], out: Path) -> dict[str, Any]:
     if rc != 0:
         tail = (out / "central.log").read_text().strip().splitlines()[-3:]
         raise RuntimeError(f"central run failed (exit {rc}): {' | '.join(tail)}")
-    res: dict[str, Any] = json.loads((out / "results.json").read_text())
-    return res
+    return load_run(out / "results.json")
 
 
 def _attempt(pt: Point, out: Path, t0: float) -> dict[str, Any]:
     if pt.kind == "central":
-        res = run_central(pt.overrides, out / "central" / pt.id)
-        res.setdefault("status", "completed")
-        return make_row(pt, res, time.time() - t0)
+        central = RunResult.of(run_central(pt.overrides, out / "central" / pt.id))
+        return make_row(pt, central, time.time() - t0)
     if pt.kind == "scale":
         return {
             "id": pt.id,
@@ -257,8 +237,9 @@ def _attempt(pt: Point, out: Path, t0: float) -> dict[str, Any]:
             "settings": ["scale"],
             **run_scale(pt.overrides, out / "scale" / pt.id),
         }
-    res = federated.run(pt.overrides, out / "points" / pt.id, quiet=True)
-    return make_row(pt, res, time.time() - t0)
+    where = out / "points" / pt.id
+    run = RunResult.of(federated.run(pt.overrides, where, quiet=True), str(where / "results.json"))
+    return make_row(pt, run, time.time() - t0)
 
 
 def run_one(pt: Point, out: Path, *, log: Any = None) -> dict[str, Any]:

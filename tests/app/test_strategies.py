@@ -257,3 +257,27 @@ def test_round_strategy_composes_checks_around_the_central_release(cfg: RunConfi
     assert isinstance(plain, CheckedReplies) and type(plain.strategy) is FedAvg
     with pytest.raises(ValueError, match="CentralBudget"):
         round_strategy(c, 4, central_sigma=1.0, budget=None)
+
+
+@pytest.mark.parametrize("usable", [2, 4])
+def test_the_central_release_has_noise_sigma_clip_over_the_sampled_whatever_is_kept(
+    cfg: RunConfig, server_identity: None, usable: int
+) -> None:
+    # Flower adds sigma * C / m to the mean over the k usable updates; rescaled to the mean
+    # over the m sampled that is k/m as much, so `CentralRelease` tops it up (independent
+    # noise, variances add) to sigma * C / m: 2 * 0.5 / 4 = 0.25 here, for k = 2 as for k = 4.
+    sigma, clip, m = 2.0, 0.5, 4
+    c = _with(cfg, dp__mode="central", fed__central_clip=clip, fed__min_clients=1)
+    budget = CentralBudget(CentralLedger([], None), "run", m, 1e-5, math.inf)
+    strategy = round_strategy(c, m, central_sigma=sigma, budget=budget)
+    current = {"w": np.zeros(200_000, np.float32)}
+    sent = list(strategy.configure_train(1, R.to_record(current), ConfigRecord(), FakeGrid(m)))  # type: ignore[arg-type]
+    assert len(sent) == m
+    tiny = {"w": np.full(200_000, 1e-9, np.float32)}  # the signal is negligible beside the noise
+    np.random.seed(0)
+    replies = [reply_from(101 + i, {R.UNIT_WEIGHT: 1}, tiny) for i in range(usable)]
+    new, _ = strategy.aggregate_train(1, replies)
+    assert new is not None
+    noise = R.from_record(new)["w"].astype(np.float64) - current["w"]
+    assert np.std(noise) == pytest.approx(sigma * clip / m, rel=0.01)
+    assert budget.ledger.entries[0].sampled == m

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord
 from scipy.stats import norm
 
-from common.central_dp import calibrate_central, central_epsilon, round_release, top_up_noise
+from common.central_dp import calibrate_central, central_epsilon, round_release
 from common.privacy import PrivacyError
 
 
@@ -87,18 +85,3 @@ def test_calibration_meets_the_target_tightly(n: int, m: int, rounds: int, targe
     release = round_release(sigma, sampled=m, aggregated=m)
     spent = central_epsilon([release] * rounds, n_clients=n, delta=1 / n)  # type: ignore[list-item]
     assert target - 0.1 <= spent <= target
-
-
-def test_top_up_noise_adds_the_missing_variance() -> None:
-    # Flower gave std sigma*C/m; a mean over k needs sigma*C/k: the extra std is
-    # sigma*C*sqrt(1/k^2 - 1/m^2) = 2 * 0.5 * sqrt(1/4 - 1/16) for sigma=2, C=0.5, k=2, m=4.
-    np.random.seed(0)
-    rec = ArrayRecord({"a": Array(np.zeros(200_000, np.float64)), "b": Array(np.ones((2, 3)))})
-    out = top_up_noise(rec, sigma=2.0, clip=0.5, sampled=4, aggregated=2)
-    assert list(out.keys()) == ["a", "b"] and out["b"].numpy().shape == (2, 3)
-    assert np.std(out["a"].numpy()) == pytest.approx(np.sqrt(1 / 4 - 1 / 16), rel=0.01)
-    assert np.all(rec["a"].numpy() == 0)  # the input record is not modified
-    same = top_up_noise(rec, sigma=2.0, clip=0.5, sampled=4, aggregated=4)
-    assert np.all(same["a"].numpy() == 0)  # a full round needs nothing extra
-    with pytest.raises(PrivacyError):
-        top_up_noise(rec, sigma=2.0, clip=0.5, sampled=4, aggregated=0)

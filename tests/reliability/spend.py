@@ -21,14 +21,14 @@ def one_round(run_config: dict[str, Any], server_round: int) -> dict[str, Any]:
     from client.site import get_site, initial_state, train_round
 
     site = get_site(run_config, {"partition-id": 0, "num-partitions": 2})
-    _, metrics = train_round(
+    reply = train_round(
         site,
         initial_state(site),
         server_round=server_round,
         collect_prior=server_round == 0,
         proximal_mu=0.0,
     )
-    return metrics
+    return dict(reply.metrics())
 
 
 def writer(

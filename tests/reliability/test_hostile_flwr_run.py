@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from client.hostile import FAULT_ENV
 
@@ -36,23 +40,40 @@ def _hostile_copy(dest: Path) -> Path:
     return dest
 
 
-def test_a_nan_update_is_dropped_in_a_real_flwr_run(
-    tmp_path: Path, tiny_backbone: Path, cache_dir: Path
-) -> None:
-    app = _hostile_copy(tmp_path / "app")
-    out = tmp_path / "out"
-    over = (
-        f'data.dataset="synthetic" data.synthetic-users=60 data.synthetic-items=80 '
-        f'model.backbone="{tiny_backbone}" model.cache-dir="{cache_dir}" '
-        'fed.rounds=2 data.num-sites=4 fed.min-clients=3 dp.accountant="rdp"'
-    )
-    cmd, env = federated_command(["--out", str(out), "--num-supernodes", "4", "--run-config", over])
-    env[FAULT_ENV] = "nan:0.25"  # partition 0 of 4 poisons every training reply
-    log = tmp_path / "run.log"
-    with open(log, "w") as fh:
-        proc = subprocess.run(cmd, cwd=app, env=env, stdout=fh, stderr=subprocess.STDOUT,
+# Runs one `flwr run` of the hostile copy: (the run's output folder, the finished process).
+HostileRun = Callable[..., tuple[Path, "subprocess.CompletedProcess[str]"]]
+
+
+@pytest.fixture
+def hostile_run(tmp_path: Path, tiny_backbone: Path, cache_dir: Path) -> HostileRun:
+    """Run the hostile app copy on synthetic data with `fault` in every ClientApp process.
+
+    ``run(fault, users=..., sites=..., extra=...)`` returns (output folder, finished process
+    with its stdout and stderr).
+    """
+
+    def run(fault: str, *, users: int, sites: int, extra: str) -> tuple[Path, Any]:
+        app = _hostile_copy(tmp_path / "app")
+        out = tmp_path / "out"
+        over = (
+            f'data.dataset="synthetic" data.synthetic-users={users} data.synthetic-items=80 '
+            f'model.backbone="{tiny_backbone}" model.cache-dir="{cache_dir}" '
+            f'data.num-sites={sites} dp.accountant="rdp" {extra}'
+        )
+        argv = ["--out", str(out), "--num-supernodes", str(sites), "--run-config", over]
+        cmd, env = federated_command(argv)
+        env[FAULT_ENV] = fault
+        proc = subprocess.run(cmd, cwd=app, env=env, capture_output=True, text=True,
                               timeout=RUN_TIMEOUT)  # fmt: skip
-    assert proc.returncode == 0, log.read_text()[-3000:]
+        return out, proc
+
+    return run
+
+
+def test_a_nan_update_is_dropped_in_a_real_flwr_run(hostile_run: HostileRun) -> None:
+    # partition 0 of 4 poisons every training reply
+    out, proc = hostile_run("nan:0.25", users=60, sites=4, extra="fed.rounds=2 fed.min-clients=3")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed"
     rows = [h for h in results["history"] if h["round"] >= 1]
@@ -69,23 +90,11 @@ def test_a_nan_update_is_dropped_in_a_real_flwr_run(
     assert "dropping reply from node" in flwr_log and "non-finite values" in flwr_log
 
 
-def test_a_run_without_its_planned_rounds_fails_loudly(
-    tmp_path: Path, tiny_backbone: Path, cache_dir: Path
-) -> None:
+def test_a_run_without_its_planned_rounds_fails_loudly(hostile_run: HostileRun) -> None:
     # Every site raises: round 0 has no usable reply. results.json says how far the run got,
     # the ServerApp raises, Flower marks the run failed and the wrapper exits non-zero
     # naming the stop (it used to be "finished:completed" with exit 0).
-    app = _hostile_copy(tmp_path / "app")
-    out = tmp_path / "out"
-    over = (
-        f'data.dataset="synthetic" data.synthetic-users=40 data.synthetic-items=80 '
-        f'model.backbone="{tiny_backbone}" model.cache-dir="{cache_dir}" '
-        'fed.rounds=1 data.num-sites=2 dp.accountant="rdp"'
-    )
-    cmd, env = federated_command(["--out", str(out), "--num-supernodes", "2", "--run-config", over])
-    env[FAULT_ENV] = "raise:1.0"
-    proc = subprocess.run(cmd, cwd=app, env=env, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT)  # fmt: skip
+    out, proc = hostile_run("raise:1.0", users=40, sites=2, extra="fed.rounds=1")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "stopped at round 0: 0 usable replies of 2" in proc.stderr
     assert "failed" in proc.stderr  # Flower's own run status
