@@ -61,28 +61,38 @@ def substitute(block: str, pairs: dict[str, str], *, strict: bool = True) -> str
     return block
 
 
-def write_site_data(home: Path, sites: tuple[str, ...]) -> None:
-    """`~/SITE/data` in the ml-latest-small format: disjoint users, the same movies.csv."""
+def write_site_data(home: Path, sites: tuple[str, ...], generic: tuple[str, ...] = ()) -> None:
+    """`~/SITE/data`: disjoint users, the same items; ml-latest-small format, or the generic one.
+
+    Sites in `generic` get ``interactions.csv`` (user, item, timestamp) and ``items.csv`` (item,
+    title, genres) instead of ``ratings.csv`` / ``movies.csv``: the same catalogue text under
+    ``text-columns = "title,genres"``, ``genre-column = "genres"`` (see `GENERIC_NODE_CONFIG`).
+    """
     from common.synthetic import generate
 
     data = generate(n_users=SITE_USERS * len(sites), n_items=ITEMS, seed=0)
     for s, site in enumerate(sites):
         folder = home / site / "data"
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "movies.csv", "w", newline="") as fh:
+        gen = site in generic
+        items_file, ratings_file = ("items.csv", "interactions.csv") if gen else (
+            "movies.csv", "ratings.csv")  # fmt: skip
+        with open(folder / items_file, "w", newline="") as fh:
             out = csv.writer(fh)
-            out.writerow(["movieId", "title", "genres"])
+            out.writerow(["item" if gen else "movieId", "title", "genres"])
             for iid, text, genres in zip(
                 data.item_ids, data.item_texts, data.item_genres, strict=True
             ):
                 out.writerow([int(iid), text.rsplit(". ", 1)[0], "|".join(genres)])
-        with open(folder / "ratings.csv", "w", newline="") as fh:
+        with open(folder / ratings_file, "w", newline="") as fh:
             out = csv.writer(fh)
-            out.writerow(["userId", "movieId", "rating", "timestamp"])
+            out.writerow(["user", "item", "timestamp"] if gen else
+                         ["userId", "movieId", "rating", "timestamp"])  # fmt: skip
             mine = (data.users >= s * SITE_USERS) & (data.users < (s + 1) * SITE_USERS)
             rows = zip(data.users[mine], data.items[mine], data.timestamps[mine], strict=True)
             for u, i, t in rows:
-                out.writerow([int(data.user_ids[u]), int(data.item_ids[i]), 4.0, int(t)])
+                uid, iid = int(data.user_ids[u]), int(data.item_ids[i])
+                out.writerow([f"user-{uid}", iid, int(t)] if gen else [uid, iid, 4.0, int(t)])
 
 
 @dataclass
@@ -255,6 +265,12 @@ def _port_open(port: int) -> bool:
 
 
 SITES = ("site-a", "site-b")
+# site-b brings its own data in the generic format (string user ids), as docs/deploy.md's
+# "Your own data" describes; supernode.sh checks it (client.check_data) before the node starts.
+GENERIC_NODE_CONFIG = (
+    "export DATASET=generic EXTRA_NODE_CONFIG='text-columns=\"title,genres\" "
+    "genre-column=\"genres\"'; "
+)
 
 
 def _bring_up(dep: Deployment, doc: dict[str, str]) -> None:
@@ -285,14 +301,14 @@ def _bring_up(dep: Deployment, doc: dict[str, str]) -> None:
     ids = [int(i) for i in re.findall(r"SuperNode (\d+) registered successfully", printed)]
     assert len(ids) == len(SITES) and set(dep.nodes()) == set(ids), printed
     dep.node_ids.update(zip(SITES, ids, strict=True))
-    write_site_data(dep.home, SITES)
+    write_site_data(dep.home, SITES, generic=("site-b",))
     pa, pb = free_ports(2)
     # site-a runs the doc's block as written; site-b leaves its ledger to the run config's
     # dp.ledger-dir (the fallback the doc describes), so both ledger rules are exercised.
     sites = [
         dep.start("site-a", ["bash", "-c", dep.block(doc["supernode"], **{"9094": str(pa)})],
                   None, {}),
-        dep.start("site-b", ["bash", "-c", dep.block(
+        dep.start("site-b", ["bash", "-c", GENERIC_NODE_CONFIG + dep.block(
             doc["supernode"],
             **{"LEDGER_PATH=~/site-a/privacy-ledger.json": 'LEDGER_PATH=""', "site-a": "site-b",
                "9094": str(pb)},
@@ -450,6 +466,9 @@ def test_one_round_over_tls(deployment: Deployment) -> None:
     # The reply files docs/deploy.md lists, beside site-a's ledger: one per release.
     kinds = sorted(p.name.split(".round-")[1] for p in (home / "site-a").glob("*.round-*.npz"))
     assert kinds == ["0-eval-test.npz", "0-prior.npz", "1-eval-test.npz", "1-train.npz"], kinds
+    # site-b trained on its own data in the generic format, checked before its node started.
+    site_b_log = (dep.root / "logs" / "site-b.log").read_text()
+    assert "site site-b: generic data in" in site_b_log and ": ok" in site_b_log, site_b_log[-2000:]
 
 
 def test_run_config_file_and_pairs_do_not_combine(deployment: Deployment) -> None:
