@@ -150,10 +150,21 @@ class RecModel(nn.Module):
         return self.item_vectors(self.text_items(items, cat), items)
 
     def encode_users(
-        self, hist: torch.Tensor, hist_mask: torch.Tensor, cat: Catalogue
+        self,
+        hist: torch.Tensor,
+        hist_mask: torch.Tensor,
+        cat: Catalogue,
+        table: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[B, T]`` history item indices (left-padded, mask 1 = real) -> ``[B, D]``."""
-        x = self.user_proj(cat.frozen[hist.cpu()].to(self.device))
+        """``[B, T]`` history item indices (left-padded, mask 1 = real) -> ``[B, D]``.
+
+        `table` (``user_proj(cat.frozen)``, ``[n_items, D]``) saves projecting each history
+        row separately; only without DP (its per-sample gradients are not per user).
+        """
+        if table is not None:
+            x = table[hist.to(self.device)]
+        else:
+            x = self.user_proj(cat.frozen[hist.cpu()].to(self.device))
         if self.item_id is not None:  # the history's ID vectors, shared with the item tower
             x = x + self.item_id(hist.to(self.device))
         pos = torch.arange(hist.shape[1], device=self.device).expand_as(hist)

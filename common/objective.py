@@ -133,7 +133,8 @@ def example_losses(
         return per_user_loss(scores, tmask)
     if cache is None:
         raise RuntimeError("the full softmax needs the catalogue's text cache")
-    users = model.encode_users(hist, hmask, cat)
+    table = model.user_proj(cat.frozen.to(dev)) if live_catalogue else None
+    users = model.encode_users(hist, hmask, cat, table)
     targets = cands[:, : tmask.shape[1]]
     if cfg.loss == "full":
         pos = model.score_candidates(users, targets, cat)
