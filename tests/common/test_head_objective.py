@@ -267,3 +267,17 @@ def test_train_runs_the_new_levers_and_moves_the_right_weights(
     assert not np.array_equal(after["head.item_proj.0.weight"], before["head.item_proj.0.weight"])
     if "head.item_bias.weight" in after:
         assert np.abs(after["head.item_bias.weight"]).max() > 0
+
+
+def test_projected_table_gives_the_same_users_as_projecting_each_row(
+    make_cfg: Callable[..., RunConfig], make_model: Callable[..., RecModel], catalogue: Catalogue,
+    local: LocalData,
+) -> None:  # fmt: skip
+    cfg = make_cfg(**HEAD)
+    model = make_model(cfg)
+    ex = examples_of(cfg, local, local.trainable()[:2])
+    table = model.user_proj(catalogue.frozen)
+    torch.testing.assert_close(
+        model.encode_users(ex.hist, ex.hist_mask, catalogue, table),
+        model.encode_users(ex.hist, ex.hist_mask, catalogue),
+    )
