@@ -22,9 +22,7 @@ def evaluator_for(corpus: Corpus, seed: int) -> RankingEvaluator:
     return RankingEvaluator(corpus.data.n_items, seed=seed, long_tail_items=tail)
 
 
-def run_baselines(
-    corpus: Corpus, *, seed: int, which: str = "test"
-) -> dict[str, dict[str, Any]]:
+def run_baselines(corpus: Corpus, *, seed: int, which: str = "test") -> dict[str, dict[str, Any]]:
     """Most-popular and EASE on the same split and protocol as the model (`which` item)."""
     out = {}
     local = corpus.everyone()
