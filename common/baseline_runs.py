@@ -36,8 +36,8 @@ def evaluator_for(corpus: Corpus, seed: int) -> RankingEvaluator:
     return RankingEvaluator(corpus.data.n_items, seed=seed, long_tail_items=tail)
 
 
-def run_baselines(corpus: Corpus, *, seed: int) -> dict[str, dict[str, Any]]:
-    """Most-popular and EASE on the same split and protocol as the model."""
+def run_baselines(corpus: Corpus, *, seed: int, which: str = "test") -> dict[str, dict[str, Any]]:
+    """Most-popular and EASE on the same split and protocol as the model (`which` item)."""
     out = {}
     local = corpus.everyone()
     for name in REPORTED_BASELINES:
@@ -50,7 +50,7 @@ def run_baselines(corpus: Corpus, *, seed: int) -> dict[str, dict[str, Any]]:
             score,
             local,
             corpus.data.n_items,
-            which="test",
+            which=which,
             evaluator=evaluator_for(corpus, seed),
         )
         out[name] = {**ev.result(), **ev.curves()}

@@ -167,6 +167,9 @@ class ModelConfig:
     max_tokens: int
     lora: LoraConfig
     proj_dim: int
+    proj_hidden: int
+    id_dim: int
+    item_bias: bool
     temperature: float
     prior: bool
     prior_weight: float
@@ -179,6 +182,18 @@ class ModelConfig:
             4 <= self.max_tokens <= 512, "model.max-tokens", self.max_tokens, "must be in [4, 512]"
         )
         _check(self.proj_dim >= 0, "model.proj-dim", self.proj_dim, "must be >= 0 (0 = none)")
+        _check(
+            self.proj_hidden >= 0 and (self.proj_hidden == 0 or self.proj_dim > 0),
+            "model.proj-hidden",
+            self.proj_hidden,
+            "must be >= 0 (0 = one linear layer) and needs model.proj-dim > 0",
+        )
+        _check(
+            self.id_dim >= 0 and self.id_dim in (0, self.proj_dim or self.id_dim),
+            "model.id-dim",
+            self.id_dim,
+            "must be >= 0 (0 = none) and equal model.proj-dim when that is > 0",
+        )
         _check(self.temperature > 0, "model.temperature", self.temperature, "must be > 0")
         _check(
             0 < self.prior_head_share <= 1,
@@ -186,6 +201,11 @@ class ModelConfig:
             self.prior_head_share,
             "must be in (0, 1]",
         )
+
+
+# train.loss: sampled softmax over per-user negatives; full softmax over the catalogue with the
+# targets scored live through LoRA ("full") or all items from the per-epoch cache ("full-cached").
+LOSSES = ("sampled", "full", "full-cached")
 
 
 @dataclass(frozen=True)
@@ -198,6 +218,8 @@ class TrainConfig:
     targets_per_user: int
     negatives: int
     negatives_pop_share: float
+    loss: str
+    positions: str
     seed: int
     eval_users: int
 
@@ -217,6 +239,18 @@ class TrainConfig:
             "train.negatives-pop-share",
             self.negatives_pop_share,
             "must be in [0, 1]",
+        )
+        _check(
+            self.loss in LOSSES,
+            "train.loss",
+            self.loss,
+            f"must be one of {', '.join(repr(x) for x in LOSSES)}",
+        )
+        _check(
+            self.positions in ("random", "all"),
+            "train.positions",
+            self.positions,
+            "must be 'random' (one random cut per user per step) or 'all'",
         )
         _check(self.eval_users >= 0, "train.eval-users", self.eval_users, "must be >= 0 (0 = all)")
 
@@ -494,7 +528,21 @@ def parse_config(
         audit=AuditConfig(**values["audit"]),
     )
     check_strategy_privacy(cfg.dp.mode, cfg.fed.strategy)
+    check_dp_model(cfg)
     return cfg
+
+
+def check_dp_model(cfg: RunConfig) -> None:
+    """Refuse model/loss combinations whose per-user DP-SGD gradients would not fit in memory.
+
+    Opacus materialises an ID embedding's per-sample gradient densely ([samples, items, dim]);
+    with every position of a user as its own example that is one copy per example.
+    """
+    if cfg.dp.local and cfg.model.id_dim > 0 and cfg.train.positions == "all":
+        raise ConfigError(
+            "`model.id-dim` > 0 with dp.mode = 'local' needs `train.positions` = 'random': "
+            "Opacus would materialise a [examples, items, id-dim] per-sample gradient"
+        )
 
 
 def check_strategy_privacy(mode: str, strategy: str) -> None:

@@ -76,6 +76,7 @@ def model_score_fn(
     if items is None:
         items = _cached_items(model, cat, cache) if cache else item_matrix(model, cat)
     prior = model.prior_weight(model.prior_feature().unsqueeze(-1)).squeeze(-1).detach()
+    prior = prior + model.bias_of(torch.arange(cat.n_items)).detach()
 
     @torch.no_grad()
     def score(rows: np.ndarray, known: list[np.ndarray]) -> np.ndarray:

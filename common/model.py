@@ -73,10 +73,15 @@ class RecModel(nn.Module):
                     p.requires_grad_(False)
         hidden = bert.config.hidden_size
         dim = cfg.proj_dim or hidden
+        if cfg.id_dim and cfg.id_dim != dim:
+            raise ValueError(
+                f"`model.id-dim` = {cfg.id_dim} must equal the towers' width {dim} "
+                "(`model.proj-dim`, or the backbone's width when it is 0)"
+            )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(LORA_SEED + 1)
-            self.item_proj = nn.Linear(hidden, dim) if cfg.proj_dim else nn.Identity()
-            self.user_proj = nn.Linear(hidden, dim) if cfg.proj_dim else nn.Identity()
+            self.item_proj = projection(hidden, cfg.proj_dim, cfg.proj_hidden)
+            self.user_proj = projection(hidden, cfg.proj_dim, cfg.proj_hidden)
             self.attn = nn.Linear(dim, 1)
             nn.init.zeros_(self.attn.weight)
             nn.init.zeros_(self.attn.bias)
@@ -86,6 +91,12 @@ class RecModel(nn.Module):
             nn.init.constant_(self.prior_weight.weight, cfg.prior_weight if cfg.prior else 0.0)
         if not cfg.prior:
             self.prior_weight.weight.requires_grad_(False)
+        # Collaborative per-item parameters (zero at start: the model begins as text-only).
+        self.item_id = nn.Embedding(n_items, dim) if cfg.id_dim else None
+        self.item_bias = nn.Embedding(n_items, 1) if cfg.item_bias else None
+        for emb in (self.item_id, self.item_bias):
+            if emb is not None:
+                nn.init.zeros_(emb.weight)
         self.register_buffer(PRIOR_KEY, torch.zeros(n_items))
         self.to(device)
 
@@ -100,8 +111,8 @@ class RecModel(nn.Module):
         layers: nn.ModuleList = base.model.encoder.layer
         return layers[self.n_lower :]  # type: ignore[return-value]
 
-    def encode_items(self, items: torch.Tensor, cat: Catalogue) -> torch.Tensor:
-        """``[M]`` item indices -> ``[M, D]`` normalised item vectors (grad through LoRA)."""
+    def text_items(self, items: torch.Tensor, cat: Catalogue) -> torch.Tensor:
+        """``[M]`` item indices -> ``[M, H]`` mean-pooled top-layer text states (grad via LoRA)."""
         idx = items.cpu().numpy()
         mask = cat.attention_mask[idx]
         width = max(int(mask.sum(1).max()), 1)
@@ -116,25 +127,64 @@ class RecModel(nn.Module):
         else:
             ids = cat.input_ids[idx][:, :width].to(self.device)
             hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-        return nn.functional.normalize(self.item_proj(mean_pool(hidden, mask)), dim=-1)
+        return mean_pool(hidden, mask)
+
+    def item_vectors(self, text: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Text states ``[..., H]`` of items ``[...]`` -> normalised ``[..., D]`` item vectors.
+
+        ``proj(text) + id(item)``, L2-normalised. Called batch-first (``[B, K, H]``) in
+        training so the head's per-sample gradients are per user without regrouping.
+        """
+        vec = self.item_proj(text)
+        if self.item_id is not None:
+            vec = vec + self.item_id(items.to(self.device))
+        return nn.functional.normalize(vec, dim=-1)
+
+    def bias_of(self, items: torch.Tensor) -> torch.Tensor:
+        """Per-item bias of ``items`` (same shape; zeros without `model.item-bias`)."""
+        if self.item_bias is None:
+            return torch.zeros(items.shape, device=self.device)
+        return self.item_bias(items.to(self.device)).squeeze(-1)
+
+    def encode_items(self, items: torch.Tensor, cat: Catalogue) -> torch.Tensor:
+        """``[M]`` item indices -> ``[M, D]`` normalised item vectors (grad through LoRA)."""
+        return self.item_vectors(self.text_items(items, cat), items)
 
     def encode_users(
-        self, hist: torch.Tensor, hist_mask: torch.Tensor, cat: Catalogue
+        self,
+        hist: torch.Tensor,
+        hist_mask: torch.Tensor,
+        cat: Catalogue,
+        table: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[B, T]`` history item indices (left-padded, mask 1 = real) -> ``[B, D]``."""
-        x, w = self.attend(hist, hist_mask, cat)
+        """``[B, T]`` history item indices (left-padded, mask 1 = real) -> ``[B, D]``.
+
+        `table` (``user_proj(cat.frozen)``, ``[n_items, D]``) saves projecting each history
+        row separately; only without DP (its per-sample gradients are not per user).
+        """
+        x, w = self.attend(hist, hist_mask, cat, table)
         user = (w.unsqueeze(-1) * x).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-9)
         return nn.functional.normalize(user, dim=-1)
 
     def attend(
-        self, hist: torch.Tensor, hist_mask: torch.Tensor, cat: Catalogue
+        self,
+        hist: torch.Tensor,
+        hist_mask: torch.Tensor,
+        cat: Catalogue,
+        table: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The user tower's inputs: ``[B, T, D]`` history vectors, ``[B, T]`` attention weights.
 
         The weights are zero on padding; `encode_users` divides by their sum, so the user
-        vector is the normalised attention-weighted mean of the history vectors.
+        vector is the normalised attention-weighted mean of the history vectors (each the
+        projected text vector plus, with `model.id-dim`, the item's ID vector).
         """
-        x = self.user_proj(cat.frozen[hist.cpu()].to(self.device))
+        if table is not None:
+            x = table[hist.to(self.device)]
+        else:
+            x = self.user_proj(cat.frozen[hist.cpu()].to(self.device))
+        if self.item_id is not None:  # the history's ID vectors, shared with the item tower
+            x = x + self.item_id(hist.to(self.device))
         pos = torch.arange(hist.shape[1], device=self.device).expand_as(hist)
         logits = self.attn(x).squeeze(-1) + self.recency(pos).squeeze(-1)
         logits = logits.masked_fill(hist_mask == 0, torch.finfo(logits.dtype).min)
@@ -145,15 +195,34 @@ class RecModel(nn.Module):
     ) -> torch.Tensor:
         """Scores ``[B, K]`` of each user's K candidate items.
 
-        The item tower runs on the flattened ``[B*K]`` candidates; `train.regroup_grad_samples`
-        folds its per-row gradients back to one per user before clipping.
+        The LoRA layers run on the flattened ``[B*K]`` candidates; `train.regroup_grad_samples`
+        folds their per-row gradients back to one per user before clipping. The head (projection,
+        ID embedding, bias, prior weight) runs batch-first, so its gradients are per user.
         """
+        return self.score_candidates(self.encode_users(hist, hist_mask, cat), cands, cat)
+
+    def score_candidates(
+        self, users: torch.Tensor, cands: torch.Tensor, cat: Catalogue
+    ) -> torch.Tensor:
+        """``[B, D]`` user vectors and ``[B, K]`` candidates -> ``[B, K]`` live scores."""
         b, k = cands.shape
-        users = self.encode_users(hist, hist_mask, cat)
-        items = self.encode_items(cands.reshape(-1), cat).view(b, k, -1)
+        return self.score_text(users, self.text_items(cands.reshape(-1), cat).view(b, k, -1), cands)
+
+    def score_text(
+        self, users: torch.Tensor, text: torch.Tensor, cands: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores ``[B, K]`` from users ``[B, D]`` and candidate text states ``[B, K, H]``."""
+        items = self.item_vectors(text, cands)
         dots = (users.unsqueeze(1) * items).sum(-1) / self.cfg.temperature
         prior = self.prior_feature()[cands].unsqueeze(-1)
-        return dots + self.prior_weight(prior).squeeze(-1)
+        return dots + self.prior_weight(prior).squeeze(-1) + self.bias_of(cands)
+
+    def catalogue_scores(self, users: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """``[B, n_items]`` scores of every item from all items' text states ``[n_items, H]``."""
+        every = torch.arange(text.shape[0], device=self.device)
+        items = self.item_vectors(text, every)
+        prior = self.prior_weight(self.prior_feature().unsqueeze(-1)).squeeze(-1)
+        return users @ items.T / self.cfg.temperature + prior + self.bias_of(every)
 
     def prior_feature(self) -> torch.Tensor:
         """``[n_items]`` standardised log-popularity of the (noisy) histogram in `prior`."""
@@ -163,6 +232,15 @@ class RecModel(nn.Module):
     def item_tower_params(self) -> list[nn.Parameter]:
         """Trainable parameters whose per-sample gradients come per candidate row."""
         return [p for n, p in self.bert.named_parameters() if p.requires_grad]
+
+
+def projection(hidden: int, dim: int, inner: int) -> nn.Module:
+    """The towers' head: identity (``dim = 0``), one linear layer, or two with GELU (``inner``)."""
+    if not dim:
+        return nn.Identity()
+    if not inner:
+        return nn.Linear(hidden, dim)
+    return nn.Sequential(nn.Linear(hidden, inner), nn.GELU(), nn.Linear(inner, dim))
 
 
 def trainable_state(model: RecModel) -> dict[str, np.ndarray]:

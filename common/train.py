@@ -17,6 +17,14 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from common.catalogue import Catalogue
 from common.config import MAX_DELTA, DPConfig, RunConfig, TrainConfig
 from common.model import RecModel
+from common.objective import (
+    Examples,
+    all_cuts,
+    example_losses,
+    examples_at,
+    text_cache,
+    user_weights,
+)
 from common.policy import SitePolicy
 from common.privacy import (
     Event,
@@ -115,20 +123,33 @@ def per_user_loss(scores: torch.Tensor, target_mask: torch.Tensor) -> torch.Tens
     return (nll * target_mask).sum(1) / target_mask.sum(1).clamp_min(1.0)
 
 
-def regroup_grad_samples(model: RecModel, n_users: int) -> None:
-    """Fold the item tower's per-row grad samples ``[B*K, ...]`` into per-user ``[B, ...]``.
+def regroup_grad_samples(model: RecModel, n_users: int, owner: np.ndarray | None = None) -> None:
+    """Fold per-row grad samples into one per user: ``[B*K, ...]`` / ``[E, ...]`` -> ``[B, ...]``.
 
-    The item tower runs on B*K candidate texts; Opacus' hooks give one gradient per text.
-    Summing each user's K rows makes one Opacus sample = one user, so clipping bounds a
+    The LoRA layers run on every example's K candidate texts; Opacus' hooks give one gradient
+    per text. Summing each example's K rows, then (with `owner`, ``[E]`` user of each of E
+    examples) each user's examples, makes one Opacus sample = one user, so clipping bounds a
     user's whole contribution (without this a user would get K times the clipping bound).
     """
+    n_rows = n_users if owner is None else len(owner)
     for p in model.item_tower_params():
         gs = getattr(p, "grad_sample", None)
         if gs is None:
             continue
-        if gs.shape[0] % max(n_users, 1) != 0:
-            raise RuntimeError(f"grad_sample rows {gs.shape[0]} not a multiple of {n_users}")
-        p.grad_sample = gs.view(n_users, -1, *gs.shape[1:]).sum(1)  # type: ignore[attr-defined]
+        if gs.shape[0] % max(n_rows, 1) != 0:
+            raise RuntimeError(f"grad_sample rows {gs.shape[0]} not a multiple of {n_rows}")
+        p.grad_sample = gs.view(n_rows, -1, *gs.shape[1:]).sum(1)  # type: ignore[attr-defined]
+    if owner is None:
+        return
+    index = torch.from_numpy(np.asarray(owner, dtype=np.int64))
+    for p in model.parameters():
+        gs = getattr(p, "grad_sample", None)
+        if gs is None or not p.requires_grad:
+            continue
+        if gs.shape[0] != n_rows:
+            raise RuntimeError(f"grad_sample rows {gs.shape[0]} != {n_rows} examples")
+        out = torch.zeros((n_users, *gs.shape[1:]), dtype=gs.dtype, device=gs.device)
+        p.grad_sample = out.index_add_(0, index.to(gs.device), gs)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -303,8 +324,11 @@ def train(
     """Train `model` in place on `data`; DP-SGD (one Opacus sample = one user) if `plan`.
 
     With a plan: Poisson sampling at ``plan.sample_rate`` for ``plan.steps_per_round`` steps,
-    per-user clipping at `clip`, Gaussian noise ``plan.sigma * clip`` (Opacus' DPOptimizer).
-    Without: shuffled batches of ``cfg.batch_users`` users for ``cfg.epochs`` epochs.
+    per-user clipping at `clip`, Gaussian noise ``plan.sigma * clip`` (Opacus' DPOptimizer);
+    with ``train.positions = "all"`` a sampled user brings all its positions as one sample.
+    Without: shuffled batches of ``cfg.batch_users`` users (``"all"``: examples) for
+    ``cfg.epochs`` epochs. The full-softmax losses read the catalogue's text states from a
+    stop-gradient cache, refreshed every epoch (``"full"``; ``"full-cached"`` trains no LoRA).
     With ``proximal_mu > 0`` (FedProx), each step is followed by the proximal step
     ``w -= lr * mu * (w - anchor)``; it touches no data, so it costs no privacy.
     """
@@ -315,10 +339,12 @@ def train(
         return TrainStats(0.0, 0, 0, 0.0)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    frozen = {id(p) for p in model.item_tower_params()} if cfg.loss == "full-cached" else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in frozen]
     opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr)
     model.train()
     gsm: GradSampleModule | None = None
+    cuts = all_cuts(data.train, rows) if cfg.positions == "all" else None
     if plan is not None:
         gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
         opt = DPOptimizer(
@@ -338,48 +364,40 @@ def train(
                 steps=plan.steps_per_round,
             )
         ]
+        epoch_steps = max(1, round(1 / plan.sample_rate))
     else:
-        steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_users))
-        order = np.concatenate(
-            [rng.permutation(n) for _ in range(math.ceil(steps * cfg.batch_users / n) + 1)]
-        )
-        sampler = [order[i * cfg.batch_users : (i + 1) * cfg.batch_users] for i in range(steps)]
+        units = n if cuts is None else len(cuts[0])
+        sampler = _shuffled_batches(units, cfg.epochs, cfg.batch_users, rng)
+        epoch_steps = max(1, math.ceil(units / cfg.batch_users))
     neg_probs, log_q = negative_distribution(model, cfg.negatives_pop_share)
+    cache = text_cache(model, cat) if cfg.loss != "sampled" else None
     total_loss, seen = 0.0, 0
     try:
         for step, local in enumerate(sampler):
             opt.zero_grad(set_to_none=True)
-            b = len(local)
-            if b == 0:  # an empty Poisson batch still takes a noisy step
+            if cfg.loss == "full" and step and step % epoch_steps == 0:
+                cache = text_cache(model, cat)
+            if len(local) == 0:  # an empty Poisson batch still takes a noisy step
                 for p in params:
                     p.grad_sample = torch.zeros((0, *p.shape), device=p.device)  # type: ignore[attr-defined]
             else:
-                batch = make_batch(
-                    data,
-                    rows[local],
-                    history_len=history_len,
-                    targets=cfg.targets_per_user,
-                    negatives=cfg.negatives,
-                    n_items=cat.n_items,
-                    rng=rng,
-                    neg_probs=neg_probs,
+                ex = _examples(data, rows, local, cuts, cfg, plan is not None, history_len,
+                               cat.n_items, rng, neg_probs)  # fmt: skip
+                losses = example_losses(
+                    model, ex, cat, cfg, cache=cache, log_q=log_q, live_catalogue=plan is None
                 )
-                dev = model.device
-                scores = model(
-                    batch.hist.to(dev), batch.hist_mask.to(dev), batch.cands.to(dev), cat
-                )
-                if log_q is not None:  # sampled-softmax correction for non-uniform negatives
-                    scores = scores - log_q[batch.cands.to(dev)]
-                losses = per_user_loss(scores, batch.target_mask.to(dev))
+                if plan is not None:  # every user's examples sum to one user's loss
+                    losses = losses * user_weights(ex.owner, ex.n_users).to(losses.device)
                 with warnings.catch_warnings():
                     # Opacus' full backward hooks fire on module outputs because the cached
                     # lower-layer states need no gradient: expected, and harmless here.
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     (losses.sum() if plan is not None else losses.mean()).backward()
                 if plan is not None:
-                    regroup_grad_samples(model, b)
+                    owner = None if cuts is None else ex.owner
+                    regroup_grad_samples(model, ex.n_users, owner)
                 total_loss += float(losses.detach().sum())
-                seen += b
+                seen += ex.n_users if plan is not None else len(losses)
             opt.step()
             if proximal_mu > 0 and anchor is not None:
                 _proximal_step(model, anchor, cfg.lr * proximal_mu)
@@ -388,10 +406,55 @@ def train(
     finally:
         if gsm is not None:
             gsm.remove_hooks()
-        for p in params:
+        for p in model.parameters():
             p.grad_sample = None  # type: ignore[attr-defined]
         model.eval()
     return TrainStats(total_loss / max(seen, 1), len(sampler), seen, time.perf_counter() - t0)
+
+
+def _shuffled_batches(
+    units: int, epochs: float, batch: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Batches of `batch` indices into `units`, over shuffled passes, for `epochs` epochs."""
+    steps = max(1, math.ceil(epochs * units / batch))
+    order = np.concatenate(
+        [rng.permutation(units) for _ in range(math.ceil(steps * batch / units) + 1)]
+    )
+    return [order[i * batch : (i + 1) * batch] for i in range(steps)]
+
+
+def _examples(
+    data: LocalData,
+    rows: np.ndarray,
+    local: np.ndarray,
+    cuts: tuple[np.ndarray, np.ndarray] | None,
+    cfg: TrainConfig,
+    dp: bool,
+    history_len: int,
+    n_items: int,
+    rng: np.random.Generator,
+    neg_probs: np.ndarray | None,
+) -> Examples:
+    """The step's examples: one random cut per sampled user, or every position.
+
+    `local` indexes users (a random cut each, or with DP all of each user's cuts) or, with
+    ``train.positions = "all"`` and no DP, (user, cut) examples.
+    """
+    negatives = cfg.negatives if cfg.loss == "sampled" else 0
+    kw = dict(history_len=history_len, targets=cfg.targets_per_user, negatives=negatives,
+              n_items=n_items, rng=rng, neg_probs=neg_probs)  # fmt: skip
+    if cuts is None:
+        b = make_batch(data, rows[local], **kw)  # type: ignore[arg-type]
+        owner = np.arange(len(local))
+        return Examples(b.hist, b.hist_mask, b.cands, b.target_mask, owner, len(local))
+    if dp:
+        ex_rows, ex_cuts = all_cuts(data.train, rows[local])
+        first = np.concatenate([[0], np.cumsum([len(data.train[r]) - 1 for r in rows[local]])])
+        owner = np.searchsorted(first, np.arange(len(ex_rows)), side="right") - 1
+    else:
+        ex_rows, ex_cuts = cuts[0][local], cuts[1][local]
+        owner = np.arange(len(local))
+    return examples_at(data.train, ex_rows, ex_cuts, owner, **kw)  # type: ignore[arg-type]
 
 
 @torch.no_grad()

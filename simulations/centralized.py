@@ -99,8 +99,11 @@ def local_round(
     return reply
 
 
-def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
-    """Train centrally, evaluate model and baselines, write `out/results.json`.
+def run(cfg: RunConfig, out: Path, *, which: str = "test") -> dict[str, Any]:
+    """Train centrally, evaluate model and baselines on the `which` item, write results.json.
+
+    ``which = "valid"`` scores the validation item instead of the test item (for choosing
+    hyper-parameters without reading the test item).
 
     The federated schedule with one party holding every user: the same local round as a
     site's (`client.site.train_round`: its DP plan, ledger, seeds and prior), ``fed.rounds``
@@ -121,7 +124,7 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
         model_score_fn(model, cat, history_len=cfg.data.history_len),
         local,
         corpus.data.n_items,
-        which="test",
+        which=which,
         evaluator=evaluator_for(corpus, cfg.train.seed),
     )
     metrics = {**ev.result(), **ev.curves()}
@@ -131,12 +134,14 @@ def run(cfg: RunConfig, out: Path) -> dict[str, Any]:
         setting="central",
         plan=dp_plan(site),
     )
-    baselines = run_baselines(corpus, seed=cfg.train.seed)
-    baselines |= dp_baselines_for(corpus, cfg, privacy, label="central")
+    baselines = run_baselines(corpus, seed=cfg.train.seed, which=which)
+    if which == "test":  # the DP baselines choose on the validation item and report the test
+        baselines |= dp_baselines_for(corpus, cfg, privacy, label="central")
     wall = time.perf_counter() - t0
     per_user = ev.per_user()
     results = {
         "setting": "central",
+        "evaluated": which,
         "dataset": cfg.data.dataset,
         "metrics": metrics,
         "baselines": baselines,
@@ -220,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="user-level DP budget; 'inf' trains without DP (default: dp.epsilon)",
     )
+    ap.add_argument(
+        "--eval",
+        choices=("test", "valid"),
+        default="test",
+        help="held-out item of the final figures: 'valid' to tune without reading the test item",
+    )
     cli.add_out(ap)
     cli.add_run_config(ap, 'overrides, e.g. "fed.rounds=2 train.lr=0.01"')
     args = ap.parse_args(argv)
@@ -237,12 +248,12 @@ def main(argv: list[str] | None = None) -> int:
             over["dp.mode"] = "local"
         cfg = parse_config(over)
         print(json.dumps(cfg.flat(), indent=None), file=sys.stderr)
-        res = run(cfg, args.out)
+        res = run(cfg, args.out, which=args.eval)
     except (ConfigError, DataError, PrivacyError, ValueError) as exc:
         return cli.bad_input(exc)
     m, b = res["metrics"], res["baselines"]["most-popular"]
     print(
-        f"HR@10 {m['hr@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}  (most-popular HR@10 "
+        f"[{args.eval}] HR@10 {m['hr@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}  (most-popular HR@10 "
         f"{b['hr@10']:.4f}; EASE {res['baselines']['ease']['hr@10']:.4f})  epsilon "
         f"{res['privacy']['epsilon']:.3g}  -> {args.out / 'results.json'}"
     )

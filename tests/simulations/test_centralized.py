@@ -108,3 +108,19 @@ def test_real_data_one_pass(tmp_path: Path) -> None:
     assert res["privacy"]["epsilon"] <= 8.0
     # the baselines reproduce the design's reference protocol figure for most-popular
     assert res["baselines"]["most-popular"]["hr@10"] == pytest.approx(0.041, abs=0.003)
+
+
+def test_eval_valid_scores_the_validation_item_not_the_test_item(
+    tiny: Path, tmp_path: Path
+) -> None:
+    over = (f'model.backbone="{tiny}" model.cache-dir="{tmp_path / "cache"}" fed.rounds=1 '
+            "data.synthetic-users=60 data.synthetic-items=80")
+    out = tmp_path / "v"
+    rc = centralized.main(["--dataset", "synthetic", "--epsilon", "inf", "--eval", "valid",
+                           "--out", str(out), "--run-config", over])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["evaluated"] == "valid"
+    # the final figures are the last pass's validation figures (all users), not the test's
+    assert res["metrics"]["hr@10"] == pytest.approx(res["history"][-1]["valid_hr@10"])
+    assert res["metrics"]["ndcg@10"] == pytest.approx(res["history"][-1]["valid_ndcg@10"])
