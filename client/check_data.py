@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from client.node import node_setup
-from common.config import ConfigError, parse_overrides
-from common.interactions import DataError
+from common.config.base import ConfigError
+from common.config.parse import parse_overrides
+from common.data.interactions import DataError
 from common.task import load_corpus
 
 

@@ -13,8 +13,8 @@ from client.evaluation import evaluate_round
 from client.final_adapter import keep_final_adapter
 from client.site import get_site, initial_state, train_round
 from common import records as R
-from common.config import ConfigError
-from common.privacy import PrivacyError
+from common.config.base import ConfigError
+from common.privacy.accounting import PrivacyError
 from common.replies import Decline, EvalReply, KeptReply, TrainReply
 
 app = ClientApp()

@@ -10,11 +10,11 @@ import numpy as np
 from client.site import Site, dp_plan, eval_releases, round_seed
 from client.spending import load_reply, open_ledger, privacy_metrics, save_reply, spend
 from common import records as R
-from common.evaluate import evaluate_scores, item_cache_path, model_score_fn
-from common.exposure import long_tail_items
-from common.metrics import RankingEvaluator
-from common.model import load_trainable_state
-from common.privacy import PrivacyError, test_only_zero_noise
+from common.evaluation.evaluate import evaluate_scores, item_cache_path, model_score_fn
+from common.evaluation.exposure import long_tail_items
+from common.evaluation.metrics import RankingEvaluator
+from common.model.towers import load_trainable_state
+from common.privacy.accounting import PrivacyError, test_only_zero_noise
 from common.records import state_digest
 from common.replies import Decline, EvalReply
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from client.site import Site
-from common.adapter import catalogue_digest, write_adapter
-from common.model import load_trainable_state
-from common.privacy import site_ledger_dir
+from common.model.adapter import catalogue_digest, write_adapter
+from common.model.towers import load_trainable_state
+from common.privacy.ledger import site_ledger_dir
 
 log = logging.getLogger("flwr.fedrec")
 

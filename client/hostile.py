@@ -32,7 +32,7 @@ from flwr.clientapp import ClientApp
 
 from client import client_app as honest
 from common import records as R
-from common.model import PRIOR_KEY
+from common.model.towers import PRIOR_KEY
 
 State = dict[str, np.ndarray]
 FAULT_ENV = "FEDREC_FAULT"

@@ -6,10 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from common.canary import make_canaries
-from common.config import NODE_DATA_KEYS, RunConfig
+from common.config.data import NODE_DATA_KEYS
+from common.config.run import RunConfig
+from common.model.train import LocalData
+from common.privacy.canary import make_canaries
 from common.task import client_users, heldout_users, load_corpus
-from common.train import LocalData
 
 
 def node_setup(
@@ -19,10 +20,11 @@ def node_setup(
 
     Simulation nodes carry ``partition-id``/``num-partitions``; deployed SuperNodes carry
     ``data-dir`` (and optionally ``site-name``, ``ledger-path`` and the site's data settings
-    of `common.config.NODE_DATA_KEYS`: ``dataset``, ``min-interactions``, files, columns) and
+    of `common.config.data.NODE_DATA_KEYS`: ``dataset``, ``min-interactions``, files, columns) and
     own all the users in their data.
     """
-    from common.config import ConfigError, parse_config
+    from common.config.base import ConfigError
+    from common.config.parse import parse_config
 
     over = dict(run_config)
     for key, run_key in NODE_DATA_KEYS.items():

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from client.recommender import Recommendation, Recommender, RequestError
-from common.adapter import AdapterInfo, read_info
-from common.config import ConfigError, DataConfig, load_defaults, parse_config, parse_overrides
-from common.interactions import DataError
+from common.config.base import ConfigError
+from common.config.data import DataConfig
+from common.config.parse import load_defaults, parse_config, parse_overrides
+from common.data.interactions import DataError
 from common.io import clean_json
+from common.model.adapter import AdapterInfo, read_info
 
 CSV_COLUMNS = ("user", "rank", "item", "score", "similarity", "popularity",
                "popularity_share", "because", "text")  # fmt: skip

@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.adapter import AdapterInfo, catalogue_digest, open_adapter
-from common.config import ConfigError, DataConfig
-from common.evaluate import item_matrix
-from common.interactions import Interactions
+from common.config.base import ConfigError
+from common.config.data import DataConfig
+from common.data.interactions import Interactions
+from common.evaluation.evaluate import item_matrix
 from common.io import clean_json
-from common.model import RecModel
+from common.model.adapter import AdapterInfo, catalogue_digest, open_adapter
+from common.model.towers import RecModel
 from common.task import device, load_catalogue, load_corpus
 
 
@@ -98,7 +99,7 @@ class Recommender:
         cls, adapter: str | Path, data: DataConfig, *, backbone: str | None = None,
         cache_dir: str = "",
     ) -> Recommender:  # fmt: skip
-        """Open `adapter` (see `common.adapter.open_adapter`) over the site data of `data`."""
+        """Open `adapter` (see `common.model.adapter.open_adapter`) over the site data of `data`."""
         model, info = open_adapter(adapter, backbone=backbone, cache_dir=cache_dir,
                                    device=device())  # fmt: skip
         return cls(model, info, load_corpus(data).data)

@@ -27,8 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from client.recommend import EXIT_BAD_INPUT, add_source, open_recommender
 from client.recommender import Recommender, RequestError
-from common.config import ConfigError
-from common.interactions import DataError
+from common.config.base import ConfigError
+from common.data.interactions import DataError
 from common.io import clean_json
 
 TOKEN_ENV = "FEDREC_SERVE_TOKEN"

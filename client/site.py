@@ -15,10 +15,13 @@ import torch
 
 from client.node import node_setup, with_canaries
 from client.spending import load_reply, open_ledger, privacy_metrics, save_reply, spend
-from common.config import RunConfig
-from common.model import RecModel, load_trainable_state, trainable_state
-from common.policy import SitePolicy, load_policy
-from common.privacy import Ledger, PrivacyError, noise_seed, site_ledger_dir
+from common.config.run import RunConfig
+from common.model.towers import RecModel, load_trainable_state, trainable_state
+from common.model.train import LocalData, train
+from common.privacy.accounting import PrivacyError, noise_seed
+from common.privacy.ledger import Ledger, site_ledger_dir
+from common.privacy.plan import DPPlan, Party, party_plan
+from common.privacy.policy import SitePolicy, load_policy
 from common.replies import Decline, TrainReply, TrainStats
 from common.task import (
     Corpus,
@@ -26,7 +29,6 @@ from common.task import (
     local_histogram,
     setup,
 )
-from common.train import DPPlan, LocalData, Party, party_plan, train
 
 
 @dataclass
@@ -191,7 +193,7 @@ def train_round(
 
     Returns a `Decline` with its reason when the site's policy or budget refuses the round:
     the client refuses rather than overspend. `progress` is called after every training
-    step (as `common.train.train` calls it).
+    step (as `common.model.train.train` calls it).
     """
     plan = admit(site)
     if isinstance(plan, Decline):

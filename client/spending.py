@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.privacy import REPORT_DELTA, Ledger
+from common.privacy.accounting import REPORT_DELTA
+from common.privacy.ledger import Ledger
+from common.privacy.plan import DPPlan
 from common.records import state_digest
 from common.replies import EvalReply, SpentPrivacy, TrainReply
-from common.train import DPPlan
 
 if TYPE_CHECKING:
     from client.site import Site

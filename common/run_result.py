@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.privacy_report import PrivacyReport
+from common.privacy.report import PrivacyReport
 
 # What every run's results.json holds (the federated and the central run alike).
 REQUIRED = ("metrics", "privacy", "history")

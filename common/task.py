@@ -9,14 +9,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.catalogue import Catalogue, build_catalogue
-from common.config import DataConfig, ModelConfig, RunConfig
-from common.data import load_dataset
-from common.interactions import Interactions
-from common.model import RecModel
-from common.privacy import test_only_zero_noise, user_histogram
-from common.split import Split, dominant_genre, leave_one_out, partition_users
-from common.train import LocalData
+from common.config.data import DataConfig
+from common.config.model import ModelConfig
+from common.config.run import RunConfig
+from common.data.interactions import Interactions
+from common.data.loaders import load_dataset
+from common.data.split import Split, dominant_genre, leave_one_out, partition_users
+from common.model.catalogue import Catalogue, build_catalogue
+from common.model.towers import RecModel
+from common.model.train import LocalData
+from common.privacy.accounting import test_only_zero_noise
+from common.privacy.prior import user_histogram
 
 
 def device() -> str:

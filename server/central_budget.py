@@ -6,9 +6,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.central_dp import CentralEvent, CentralLedger, composed_epsilon, round_release
-from common.config import RunConfig
-from common.privacy import PrivacyError
+from common.config.run import RunConfig
+from common.privacy.accounting import PrivacyError
+from common.privacy.central import CentralEvent, CentralLedger, composed_epsilon, round_release
 
 CENTRAL_LEDGER_NAME = "central-ledger.json"  # in fed.out-dir unless dp.central-ledger names one
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import RunConfig
+from common.config.run import RunConfig
 from common.io import write_json_atomic
 
 # Keys that may differ between the interrupted and the resumed run.

@@ -10,8 +10,8 @@ import numpy as np
 from flwr.app import Message
 
 from common import records as R
-from common.config import RunConfig
-from common.model import PRIOR_KEY
+from common.config.run import RunConfig
+from common.model.towers import PRIOR_KEY
 from common.replies import Decline
 from common.replies import site_label as label_of
 

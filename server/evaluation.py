@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from common.config import RunConfig
-from common.evaluate import evaluate_scores, item_cache_path, model_score_fn
-from common.exposure import exposure_summary, long_tail_items
-from common.metrics import RankingEvaluator
-from common.model import load_trainable_state
+from common.config.run import RunConfig
+from common.evaluation.evaluate import evaluate_scores, item_cache_path, model_score_fn
+from common.evaluation.exposure import exposure_summary, long_tail_items
+from common.evaluation.metrics import RankingEvaluator
+from common.model.towers import load_trainable_state
 from common.records import state_digest
 from common.task import client_users, heldout_users, setup
 

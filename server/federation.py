@@ -15,9 +15,10 @@ import numpy as np
 from flwr.serverapp import Grid
 
 from common import records as R
-from common.central_dp import calibrate_central
-from common.config import MAX_DELTA, RunConfig
-from common.privacy import check_delta, default_delta
+from common.config.dp import MAX_DELTA
+from common.config.run import RunConfig
+from common.privacy.accounting import check_delta, default_delta
+from common.privacy.central import calibrate_central
 from server.central_budget import CentralBudget, central_ledger_path
 from server.checkpoint import Checkpoint
 from server.evaluation import EvaluateFn
@@ -45,7 +46,7 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 def central_sigma(cfg: RunConfig, n_clients: int) -> tuple[float, float, float]:
     """(noise multiplier, sample rate q, delta) of central DP-FedAvg; sigma 0 if off.
 
-    Calibrated for Flower's fixed-size sampling (see `common.central_dp`), not Poisson.
+    Calibrated for Flower's fixed-size sampling (see `common.privacy.central`), not Poisson.
     """
     m = clients_per_round(cfg, n_clients)
     q = m / n_clients

@@ -11,10 +11,10 @@ import numpy as np
 from flwr.app import Message
 
 from common import records as R
-from common.config import RunConfig
-from common.exposure import exposure_summary
+from common.config.run import RunConfig
+from common.evaluation.exposure import exposure_summary
 from common.io import write_json_atomic
-from common.privacy_report import privacy_report
+from common.privacy.report import privacy_report
 
 # Per-site privacy figures in a reply: reported per site, never averaged as metrics.
 PRIVACY_KEYS = (R.EPSILON, R.DELTA, R.EPSILON_STRICT, R.LEDGER_EPSILON, R.DECLINED)

@@ -11,8 +11,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from common import records as R
-from common.config import RunConfig
-from common.model import PRIOR_KEY
+from common.config.run import RunConfig
+from common.model.towers import PRIOR_KEY
 from common.replies import EvalReply, KeptReply, ReplyError
 from server.checks import decline_of, node_of, site_label, sort_replies
 from server.evaluation import EvaluateFn

@@ -14,10 +14,11 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from common import records as R
-from common.adapter import catalogue_digest, write_adapter
-from common.baseline_runs import dp_baselines_for, run_baselines
-from common.config import RunConfig, parse_config
-from common.model import PRIOR_KEY, RecModel, load_trainable_state, trainable_state
+from common.config.parse import parse_config
+from common.config.run import RunConfig
+from common.evaluation.baseline_runs import dp_baselines_for, run_baselines
+from common.model.adapter import catalogue_digest, write_adapter
+from common.model.towers import PRIOR_KEY, RecModel, load_trainable_state, trainable_state
 from common.task import device, load_corpus
 from server.evaluation import EvaluateFn, server_evaluator
 from server.federation import run_federation, wait_for_nodes

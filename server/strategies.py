@@ -16,7 +16,8 @@ from flwr.serverapp.strategy import (
 )
 
 from common import records as R
-from common.config import RunConfig, check_strategy_privacy
+from common.config.dp import check_strategy_privacy
+from common.config.run import RunConfig
 from server.central_budget import CentralBudget
 from server.checks import weight_key
 from server.wrappers import CentralRelease, CheckedReplies

@@ -12,8 +12,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common import records as R
-from common.central_dp import Release, add_noise
-from common.config import RunConfig
+from common.config.run import RunConfig
+from common.privacy.central import Release, add_noise
 from server.central_budget import CentralBudget
 from server.checks import SortedReplies, sort_replies
 

@@ -25,14 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import audit as A
-from common import audit_bounds as B
-from common.canary import make_canaries
-from common.config import ConfigError, RunConfig, parse_config, parse_overrides
-from common.evaluate import ScoreFn, model_score_fn
+from common.config.base import ConfigError
+from common.config.parse import parse_config, parse_overrides
+from common.config.run import RunConfig
+from common.evaluation.evaluate import ScoreFn, model_score_fn
 from common.io import write_json_atomic
-from common.model import RecModel, load_adapter
-from common.privacy import epsilon_of, site_ledger_dir
+from common.model.towers import RecModel, load_adapter
+from common.privacy import audit as A
+from common.privacy import audit_bounds as B
+from common.privacy.accounting import epsilon_of
+from common.privacy.canary import make_canaries
+from common.privacy.ledger import site_ledger_dir
 from common.run_result import RunResult, load_run
 from common.task import device, heldout_users, load_catalogue, load_corpus
 from simulations import cli, federated

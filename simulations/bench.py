@@ -26,15 +26,17 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.backbone import load_backbone, make_tiny_backbone
-from common.config import RunConfig, parse_config
-from common.evaluate import evaluate_scores, model_score_fn
+from common.config.parse import parse_config
+from common.config.run import RunConfig
+from common.evaluation.evaluate import evaluate_scores, model_score_fn
 from common.io import write_json_atomic
-from common.model import trainable_state
-from common.policy import load_policy
+from common.model.backbone import load_backbone, make_tiny_backbone
+from common.model.towers import trainable_state
+from common.model.train import LocalData, make_batch, per_user_loss, train
+from common.privacy.plan import DPPlan, Party, party_plan
+from common.privacy.policy import load_policy
 from common.records import state_bytes
 from common.task import setup
-from common.train import DPPlan, LocalData, Party, make_batch, party_plan, per_user_loss, train
 from simulations import cli
 from simulations.scale import run_scale, scale_overrides
 

@@ -28,16 +28,18 @@ import torch
 from tqdm import tqdm
 
 from client.site import Site, data_fingerprint, dp_plan, train_round
-from common.adapter import catalogue_digest, write_adapter
-from common.baseline_runs import dp_baselines_for, evaluator_for, run_baselines
-from common.config import ConfigError, RunConfig, parse_config, parse_overrides
-from common.evaluate import evaluate_scores, model_score_fn
-from common.interactions import DataError
+from common.config.base import ConfigError
+from common.config.parse import parse_config, parse_overrides
+from common.config.run import RunConfig
+from common.data.interactions import DataError
+from common.evaluation.baseline_runs import dp_baselines_for, evaluator_for, run_baselines
+from common.evaluation.evaluate import evaluate_scores, model_score_fn
 from common.io import write_json_atomic
-from common.model import trainable_state
-from common.policy import SitePolicy
-from common.privacy import PrivacyError
-from common.privacy_report import privacy_report
+from common.model.adapter import catalogue_digest, write_adapter
+from common.model.towers import trainable_state
+from common.privacy.accounting import PrivacyError
+from common.privacy.policy import SitePolicy
+from common.privacy.report import privacy_report
 from common.replies import Decline, TrainReply
 from common.task import setup
 from simulations import cli
@@ -108,7 +110,7 @@ def run(cfg: RunConfig, out: Path, *, which: str = "test") -> dict[str, Any]:
     The federated schedule with one party holding every user: the same local round as a
     site's (`client.site.train_round`: its DP plan, ledger, seeds and prior), ``fed.rounds``
     times, after the prior round when ``model.prior`` is set. A DP run also reports the DP
-    baselines (`common.baseline_runs.dp_baselines_for`) at the model's epsilon and delta.
+    baselines (`common.evaluation.baseline_runs.dp_baselines_for`) at the model's epsilon and delta.
     """
     if cfg.dp.mode not in CURATOR.dp_modes:
         raise ConfigError(

@@ -9,7 +9,7 @@ Example (the BENCHMARKS.md figures)::
 
 Same split and protocol as the model (chronological leave-one-out, full ranking, history =
 train + validation item at test time). Each (epsilon, seed) is a fresh pair of releases,
-DP-EASE's item count and lambda chosen on the validation item (`common.baseline_runs`).
+DP-EASE's item count and lambda chosen on the validation item (`common.evaluation.baseline_runs`).
 `--reproducible-noise` draws the noise from a hash of (epsilon, seed): reproducible, and for
 that reason not private (a simulation switch, as `dp.reproducible-noise`); without it, noise
 comes from OS entropy.
@@ -23,12 +23,13 @@ import sys
 import time
 from typing import Any
 
-from common.baseline_runs import DP_BASELINES, run_dp_baselines
-from common.config import ConfigError, parse_config, parse_overrides
-from common.dp_baselines import DPTarget
-from common.interactions import DataError
+from common.config.base import ConfigError
+from common.config.parse import parse_config, parse_overrides
+from common.data.interactions import DataError
+from common.evaluation.baseline_runs import DP_BASELINES, run_dp_baselines
+from common.evaluation.dp_baselines import DPTarget
 from common.io import write_json_atomic
-from common.privacy import PrivacyError
+from common.privacy.accounting import PrivacyError
 from common.task import load_corpus
 from simulations import cli
 

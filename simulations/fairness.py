@@ -69,7 +69,7 @@ def per_user_lists(results: RunResult | Mapping[str, Any]) -> dict[str, np.ndarr
 
 def fairness(results: RunResult | Mapping[str, Any], corpus: Any) -> dict[str, Any]:
     """Per-client distribution, user groups (activity, demographics) and item-side metrics."""
-    from common.exposure import distribution_summary
+    from common.evaluation.exposure import distribution_summary
 
     results = RunResult.of(results)
     out: dict[str, Any] = {}
@@ -115,9 +115,9 @@ def cold_start(
     what the text tower does for cold items even when a popularity-weighted top 10 never
     reaches them (most-popular ranks every cold item among the never-seen ones).
     """
-    from common.baseline_runs import evaluator_for
-    from common.baselines import create_baseline
-    from common.evaluate import evaluate_scores
+    from common.evaluation.baseline_runs import evaluator_for
+    from common.evaluation.baselines import create_baseline
+    from common.evaluation.evaluate import evaluate_scores
 
     results = RunResult.of(results)
     split = corpus.split
@@ -165,10 +165,10 @@ def _text_only_cold(
     Isolates what the text towers do for items nobody trained on (the prior puts every cold
     item at its floor). None when the run saved no adapter (e.g. a central run).
     """
-    from common.baseline_runs import evaluator_for
-    from common.config import parse_config
-    from common.evaluate import evaluate_scores, model_score_fn
-    from common.model import load_adapter
+    from common.config.parse import parse_config
+    from common.evaluation.baseline_runs import evaluator_for
+    from common.evaluation.evaluate import evaluate_scores, model_score_fn
+    from common.model.towers import load_adapter
     from common.task import device, load_catalogue
 
     conf = results.config

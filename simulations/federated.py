@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from common.config import ConfigError, RunConfig, parse_config, parse_overrides
-from common.download import resolve_data_dir
+from common.config.base import ConfigError
+from common.config.parse import parse_config, parse_overrides
+from common.config.run import RunConfig
+from common.data.download import resolve_data_dir
 from common.task import load_corpus
 from simulations import cli
 from simulations.procs import free_ports, port_busy, process_table

@@ -16,8 +16,8 @@ import dataclasses
 
 import torch
 
-from common.config import parse_config
-from common.evaluate import evaluate_scores, item_matrix, model_score_fn
+from common.config.parse import parse_config
+from common.evaluation.evaluate import evaluate_scores, item_matrix, model_score_fn
 from common.task import local_histogram, set_prior, setup
 from simulations import cli
 

@@ -19,7 +19,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.privacy_report import PrivacyReport  # noqa: E402
+from common.privacy.report import PrivacyReport  # noqa: E402
 from simulations import cli
 from simulations.report_sections import (  # noqa: E402
     VIOLATION,

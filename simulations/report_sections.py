@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.exposure import top_share  # noqa: E402
+from common.evaluation.exposure import top_share  # noqa: E402
 
 ITEM_METRICS = ("coverage@10", "long_tail_share@10", "exposure_gini@10")
 PROFILE = "exposure_profile@10"
@@ -118,7 +118,7 @@ def section_dp_baselines(rows: list[dict[str, Any]]) -> list[str]:
         "",
         "Mean ± std over the runs (seeds) of each setting and epsilon. Every DP baseline is "
         "accounted on its own at its run's accounted model epsilon and delta (user level, "
-        "add/remove one; `common.dp_baselines`), with fresh noise per run; DP-EASE's item count "
+        "add/remove one; `dp_baselines`), with fresh noise per run; DP-EASE's item count "
         "n and lambda are chosen on the validation item (that choice is not accounted).",
     ]
 

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, parse_config
+from common.config.base import ConfigError
+from common.config.parse import parse_config
 from common.run_result import RunResult
 from simulations import federated
 from simulations.procs import process_table

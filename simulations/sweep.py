@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, load_defaults, parse_config, parse_overrides
+from common.config.base import ConfigError
+from common.config.parse import load_defaults, parse_config, parse_overrides
 from common.io import clean_json
 from common.run_result import RunResult, load_run
 from simulations import cli, federated

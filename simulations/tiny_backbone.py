@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.out.exists() and not args.out.is_dir():
         return cli.bad_input(ValueError(f"{args.out} exists and is not a folder"))
-    from common.backbone import make_tiny_backbone
+    from common.model.backbone import make_tiny_backbone
 
     folder = make_tiny_backbone(
         args.out, hidden=args.hidden, layers=args.layers, heads=args.heads, seed=args.seed

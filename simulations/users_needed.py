@@ -2,7 +2,7 @@
 
 For each number of users, each epsilon (default 8 and inf = no DP) and each seed, the central
 run (`simulations.centralized.run`: one party holding every user, a site's local round) trains
-on synthetic data with planted topic preferences (`common.synthetic`) and is evaluated on the
+on synthetic data with planted topic preferences (`common.data.synthetic`) and is evaluated on the
 test item. The result is ``users-needed.json`` (every run's HR@10 / NDCG@10 and the
 most-popular baseline), ``users-needed.md`` (mean +- standard deviation over seeds per size)
 and ``users-needed.png`` (HR@10 against users, log scale). A finished point is not re-run:
@@ -23,10 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, RunConfig, parse_config, parse_overrides
-from common.interactions import DataError
+from common.config.base import ConfigError
+from common.config.parse import parse_config, parse_overrides
+from common.config.run import RunConfig
+from common.data.interactions import DataError
 from common.io import clean_json, write_json_atomic
-from common.privacy import PrivacyError
+from common.privacy.accounting import PrivacyError
 from simulations import cli
 from simulations.centralized import run as central_run
 

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 import torch
 
-from common.backbone import make_tiny_backbone
-from common.catalogue import Catalogue, build_catalogue
-from common.config import RunConfig, parse_config
-from common.model import RecModel
+from common.config.parse import parse_config
+from common.config.run import RunConfig
+from common.model.backbone import make_tiny_backbone
+from common.model.catalogue import Catalogue, build_catalogue
+from common.model.towers import RecModel
+from common.model.train import LocalData
 from common.task import Corpus, load_corpus
-from common.train import LocalData
 
 TINY_HIDDEN = 32
 TINY_LAYERS = 2

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import client.site
-from common.backbone import make_tiny_backbone
-from common.config import RunConfig, load_defaults, parse_config
-from common.model import RecModel, trainable_state
+from common.config.parse import load_defaults, parse_config
+from common.config.run import RunConfig
+from common.model.backbone import make_tiny_backbone
+from common.model.towers import RecModel, trainable_state
 
 
 @pytest.fixture(scope="session")

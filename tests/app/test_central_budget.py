@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from common.central_dp import central_epsilon, round_release
-from common.config import parse_config
-from common.privacy import PrivacyError
+from common.config.parse import parse_config
+from common.privacy.accounting import PrivacyError
+from common.privacy.central import central_epsilon, round_release
 from server.central_budget import CENTRAL_LEDGER_NAME, CentralBudget, central_ledger_path
 
 N, DELTA, SIGMA = 20, 1e-5, 1.5
@@ -68,7 +68,7 @@ def test_runs_compose_and_the_cap_is_checked_before_anything_is_released(
 
 
 def test_a_bad_cap_is_a_config_error() -> None:
-    from common.config import ConfigError
+    from common.config.base import ConfigError
 
     with pytest.raises(ConfigError, match="dp.central-max-epsilon"):
         parse_config({"dp.central-max-epsilon": 0.0})

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.config import RunConfig
+from common.config.run import RunConfig
 from server.checkpoint import Checkpoint
 
 INITIAL = {

@@ -14,8 +14,10 @@ from flwr.app import Message
 
 from client import client_app
 from common import records as R
-from common.config import ConfigError, RunConfig, parse_config
-from common.privacy import PrivacyError
+from common.config.base import ConfigError
+from common.config.parse import parse_config
+from common.config.run import RunConfig
+from common.privacy.accounting import PrivacyError
 from common.task import client_users, load_corpus
 
 from .messages import SERVER_NODE, eval_msg, make_context, train_msg

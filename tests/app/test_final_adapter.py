@@ -16,9 +16,9 @@ from client.client_app import app as honest_app
 from client.hostile import app as hostile_app
 from client.recommender import Recommender
 from common import records as R
-from common.adapter import open_adapter
-from common.config import parse_config
-from common.model import PRIOR_KEY, trainable_state
+from common.config.parse import parse_config
+from common.model.adapter import open_adapter
+from common.model.towers import PRIOR_KEY, trainable_state
 from server.federation import run_federation
 
 from .messages import incoming

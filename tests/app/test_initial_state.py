@@ -12,8 +12,8 @@ from flwr.app import Error, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from common import records as R
-from common.config import RunConfig
-from common.model import PRIOR_KEY
+from common.config.run import RunConfig
+from common.model.towers import PRIOR_KEY
 from server.server_app import initial_from_node
 
 from .messages import incoming

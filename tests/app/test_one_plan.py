@@ -1,7 +1,7 @@
 """One DP plan: the central run and the benchmark's site round plan as a site would.
 
 The plan (noise, sample rate, steps, prior noise, delta) depends only on the run config and
-the facts of the party (`common.train.Party`): a federated site, the central run (one party
+the facts of the party (`common.privacy.plan.Party`): a federated site, the central run (one party
 holding every user) and `simulations.bench`'s site round must all get the same plan for the
 same users.
 """
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from client.site import dp_plan, get_site
-from common.config import parse_config
-from common.train import DPPlan
+from common.config.parse import parse_config
+from common.privacy.plan import DPPlan
 from simulations import bench, centralized
 
 ONE_SITE = {"partition-id": 0, "num-partitions": 1}  # a simulated site holding every user

@@ -20,8 +20,9 @@ import pytest
 from client import client_app
 from client.site import get_site
 from common import records as R
-from common.config import ConfigError, parse_config
-from common.privacy import user_histogram
+from common.config.base import ConfigError
+from common.config.parse import parse_config
+from common.privacy.prior import user_histogram
 
 from .messages import eval_msg, make_context, train_msg
 

@@ -14,11 +14,12 @@ import torch
 
 from client.recommend import main
 from client.recommender import Recommender, RequestError, user_sequences
-from common.adapter import catalogue_digest, open_adapter, read_info, write_adapter
-from common.backbone import BUNDLED_ID, portable_backbone
-from common.config import ConfigError, RunConfig
-from common.evaluate import model_score_fn
-from common.model import RecModel
+from common.config.base import ConfigError
+from common.config.run import RunConfig
+from common.evaluation.evaluate import model_score_fn
+from common.model.adapter import catalogue_digest, open_adapter, read_info, write_adapter
+from common.model.backbone import BUNDLED_ID, portable_backbone
+from common.model.towers import RecModel
 from common.task import load_catalogue, load_corpus
 
 
@@ -86,7 +87,7 @@ def test_loading_refuses_a_missing_or_different_backbone(
     monkeypatch.chdir(tmp_path)  # the recorded relative name "tiny..." is not here
     with pytest.raises(ConfigError, match="pass its folder as the backbone"):
         open_adapter(adapter)
-    from common.backbone import make_tiny_backbone
+    from common.model.backbone import make_tiny_backbone
 
     other = make_tiny_backbone(tmp_path / "other", seed=1)
     with pytest.raises(ConfigError, match="not the one adapter"):

@@ -12,7 +12,7 @@ import pytest
 from flwr.app import Error, Message, RecordDict
 
 from common import records as R
-from common.config import RunConfig
+from common.config.run import RunConfig
 from server.report import aggregate_eval, finish_run
 
 from .messages import reply_from

@@ -14,8 +14,9 @@ import pytest
 
 from client.recommender import Recommender
 from client.serve import main, make_server
-from common.adapter import catalogue_digest, write_adapter
-from common.config import ConfigError, RunConfig
+from common.config.base import ConfigError
+from common.config.run import RunConfig
+from common.model.adapter import catalogue_digest, write_adapter
 from common.task import load_corpus
 
 from .test_recommend import trained_like

@@ -10,8 +10,8 @@ import pytest
 from flwr.app import Message, MetricRecord, RecordDict
 
 from common import records as R
-from common.config import RunConfig
-from common.model import PRIOR_KEY
+from common.config.run import RunConfig
+from common.model.towers import PRIOR_KEY
 from server.checks import check_update
 
 from .messages import reply_from

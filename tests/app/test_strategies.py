@@ -22,9 +22,10 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.task_identity import TaskIdentity
 
 from common import records as R
-from common.central_dp import CentralLedger, central_epsilon, round_release
-from common.config import MEAN_STRATEGIES, RunConfig
-from common.privacy import default_delta
+from common.config.dp import MEAN_STRATEGIES
+from common.config.run import RunConfig
+from common.privacy.accounting import default_delta
+from common.privacy.central import CentralLedger, central_epsilon, round_release
 from server.central_budget import CentralBudget
 from server.federation import central_sigma
 from server.strategies import STRATEGIES, clients_per_round, create_strategy, round_strategy

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from common import audit as A
-from common import audit_bounds as B
-from common.privacy import Ledger, epsilon_of
+from common.privacy import audit as A
+from common.privacy import audit_bounds as B
+from common.privacy.accounting import epsilon_of
+from common.privacy.ledger import Ledger
 
 
 def binomial_tail(r: int, v: int, q: float) -> float:

@@ -1,4 +1,4 @@
-"""Tests for common.baselines: slow references and the design doc's figures on ml-latest-small."""
+"""common.evaluation.baselines: slow references and the design doc's figures on ml-latest-small."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.baselines import (
+from common.evaluation.baselines import (
     BASELINES,
     EASE,
     ItemKNN,
@@ -16,7 +16,7 @@ from common.baselines import (
     create_baseline,
     popularity_counts,
 )
-from common.metrics import RankingEvaluator
+from common.evaluation.metrics import RankingEvaluator
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"  # embedded copy
 

@@ -1,4 +1,4 @@
-"""common.central_dp: Flower's fixed-size sampling accounted (replace-one), vs exact references."""
+"""common.privacy.central: Flower's fixed-size sampling accounted vs exact references."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 from scipy.stats import norm
 
-from common.central_dp import calibrate_central, central_epsilon, round_release
-from common.privacy import PrivacyError
+from common.privacy.accounting import PrivacyError
+from common.privacy.central import calibrate_central, central_epsilon, round_release
 
 
 def exact_gaussian_epsilon(mu: float, delta: float) -> float:

@@ -1,4 +1,4 @@
-"""common.central_dp.CentralLedger: central epsilon accumulated across runs, persisted safely."""
+"""common.privacy.central.CentralLedger: epsilon accumulated across runs, persisted safely."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from flwr.supercore.privacy_accounting import (
 )
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-from common.central_dp import (
+from common.privacy.accounting import PrivacyError
+from common.privacy.central import (
     CentralEntry,
     CentralLedger,
     Release,
     central_epsilon,
     composed_epsilon,
 )
-from common.privacy import PrivacyError
 
 DELTA = 1e-5
 N = 100

@@ -7,13 +7,9 @@ from typing import Any
 
 import pytest
 
-from common.config import (
-    ConfigError,
-    RunConfig,
-    load_defaults,
-    parse_config,
-    parse_overrides,
-)
+from common.config.base import ConfigError
+from common.config.parse import load_defaults, parse_config, parse_overrides
+from common.config.run import RunConfig
 
 
 def test_empty_run_config_gives_the_pyproject_defaults() -> None:

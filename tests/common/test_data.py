@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import download
-from common.data import DATASETS, DataError, item_text, load_dataset
-from common.download import resolve_data_dir
-from common.synthetic import TOPIC_WORDS, generate
+from common.data import download as download
+from common.data.download import resolve_data_dir
+from common.data.loaders import DATASETS, DataError, item_text, load_dataset
+from common.data.synthetic import TOPIC_WORDS, generate
 
 REAL_DIR = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"  # embedded copy
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.data import DataError, Interactions, load_dataset
+from common.data.loaders import DataError, Interactions, load_dataset
 
 GOOD: dict[str, dict[str, bytes]] = {
     "ml-latest-small": {

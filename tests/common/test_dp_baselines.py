@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from common.baseline_runs import dp_target_of, run_dp_baselines
-from common.config import RunConfig
-from common.dp_baselines import (
+from common.config.run import RunConfig
+from common.evaluation.baseline_runs import dp_target_of, run_dp_baselines
+from common.evaluation.dp_baselines import (
     DPEase,
     DPPopularity,
     DPTarget,
@@ -20,7 +20,7 @@ from common.dp_baselines import (
     split_sigmas,
     user_popularity,
 )
-from common.privacy import ZERO_NOISE_ENV, PrivacyError, epsilon_of
+from common.privacy.accounting import ZERO_NOISE_ENV, PrivacyError, epsilon_of
 from common.task import Corpus
 
 

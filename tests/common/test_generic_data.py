@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from client.site import get_site, node_setup
-from common.config import DATASET_NAMES, NODE_DATA_KEYS, ConfigError, parse_config
-from common.data import DATASETS, DataError, item_text, load_dataset
-from common.download import ML_LATEST_SMALL_SHA256, resolve_data_dir
-from common.tables import read_checksums
+from common.config.base import ConfigError
+from common.config.data import DATASET_NAMES, NODE_DATA_KEYS
+from common.config.parse import parse_config
+from common.data.download import ML_LATEST_SMALL_SHA256, resolve_data_dir
+from common.data.loaders import DATASETS, DataError, item_text, load_dataset
+from common.data.tables import read_checksums
 from common.task import load_corpus
 from simulations.federated import with_data_dir
 

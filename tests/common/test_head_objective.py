@@ -11,11 +11,11 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
-from common.catalogue import Catalogue
-from common.config import ConfigError, RunConfig
-from common.evaluate import model_score_fn
-from common.model import RecModel, load_adapter, save_adapter, trainable_state
-from common.objective import (
+from common.config.base import ConfigError
+from common.config.run import RunConfig
+from common.evaluation.evaluate import model_score_fn
+from common.model.catalogue import Catalogue
+from common.model.objective import (
     Examples,
     all_cuts,
     example_losses,
@@ -23,7 +23,9 @@ from common.objective import (
     text_cache,
     user_weights,
 )
-from common.train import DPPlan, LocalData, regroup_grad_samples, train
+from common.model.towers import RecModel, load_adapter, save_adapter, trainable_state
+from common.model.train import LocalData, regroup_grad_samples, train
+from common.privacy.plan import DPPlan
 
 HEAD = {
     "model.proj-dim": 16,

@@ -32,7 +32,7 @@ def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
 @pytest.mark.parametrize("package", PACKAGES)
 def test_package_imports_follow_the_layering(package: str) -> None:
     bad = []
-    for path in sorted((ROOT / package).glob("*.py")):
+    for path in sorted((ROOT / package).rglob("*.py")):
         for line, module, names in _imports(path):
             top = module.split(".")[0]
             if top in PACKAGES and top not in ALLOWED[package]:
@@ -46,9 +46,9 @@ def test_package_imports_follow_the_layering(package: str) -> None:
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_underscore_attribute_of_another_package_module(package: str) -> None:
     bad = []
-    for path in sorted((ROOT / package).glob("*.py")):
+    for path in sorted((ROOT / package).rglob("*.py")):
         tree = ast.parse(path.read_text())
-        aliases = set()  # names bound to package modules: `from common import audit as A`, ...
+        aliases = set()  # names bound to package modules (`from common.privacy import audit as A`)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
                 aliases |= {a.asname or a.name for a in node.names}
@@ -72,7 +72,7 @@ def test_every_module_opens_with_a_docstring() -> None:
     missing = [
         str(path.relative_to(ROOT))
         for package in PACKAGES
-        for path in sorted((ROOT / package).glob("*.py"))
+        for path in sorted((ROOT / package).rglob("*.py"))
         if not ast.get_docstring(ast.parse(path.read_text()))
     ]
     assert missing == []

@@ -1,4 +1,4 @@
-"""Tests for common.metrics and common.exposure: hand-computed values, references, chunking."""
+"""common.evaluation.metrics and .exposure: hand-computed values, references, chunking."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.exposure import (
+from common.evaluation.exposure import (
     coverage_at_k,
     distribution_summary,
     exposure_gini,
@@ -20,7 +20,7 @@ from common.exposure import (
     long_tail_share,
     top_share,
 )
-from common.metrics import (
+from common.evaluation.metrics import (
     RankingEvaluator,
     per_user_metrics,
     ranking_metrics,

@@ -12,10 +12,10 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from common.backbone import load_backbone, make_tiny_backbone
-from common.catalogue import Catalogue, build_catalogue, mean_pool
-from common.config import RunConfig
-from common.model import (
+from common.config.run import RunConfig
+from common.model.backbone import load_backbone, make_tiny_backbone
+from common.model.catalogue import Catalogue, build_catalogue, mean_pool
+from common.model.towers import (
     PRIOR_KEY,
     RecModel,
     load_adapter,
@@ -23,8 +23,8 @@ from common.model import (
     save_adapter,
     trainable_state,
 )
+from common.model.train import Batch, LocalData, make_batch
 from common.task import Corpus, load_catalogue
-from common.train import Batch, LocalData, make_batch
 
 TINY_LAYERS = 2
 
@@ -295,7 +295,7 @@ def test_catalogue_cache_is_reused_and_keyed_by_max_tokens(
         raise AssertionError("the catalogue cache was recomputed")
 
     with monkeypatch.context() as m:
-        m.setattr("common.catalogue.load_backbone", no_backbone)
+        m.setattr("common.model.catalogue.load_backbone", no_backbone)
         again = build(32)
     assert _files(folder) == stamps
     torch.testing.assert_close(again.frozen, first.frozen, atol=0, rtol=0)

@@ -16,17 +16,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from common.config import RunConfig
-from common.privacy import (
-    Event,
-    Ledger,
-    PrivacyError,
-    calibrate_noise,
-    epsilon_of,
-    prior_scores,
-    user_histogram,
-)
-from common.train import plan_dp
+from common.config.run import RunConfig
+from common.privacy.accounting import Event, PrivacyError, calibrate_noise, epsilon_of
+from common.privacy.ledger import Ledger
+from common.privacy.plan import plan_dp
+from common.privacy.prior import prior_scores, user_histogram
 
 OPACUS = {"prv": PRVAccountant, "rdp": RDPAccountant}
 DELTA = 1e-5

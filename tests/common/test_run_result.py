@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from common.io import write_json_atomic
-from common.privacy_report import PrivacyReport
+from common.privacy.report import PrivacyReport
 from common.run_result import RunResult, RunResultError, load_run
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.data import Interactions, load_dataset
-from common.split import (
+from common.data.loaders import Interactions, load_dataset
+from common.data.split import (
     PARTITIONERS,
     Split,
     dominant_genre,
@@ -16,7 +16,7 @@ from common.split import (
     leave_one_out,
     partition_users,
 )
-from common.synthetic import generate
+from common.data.synthetic import generate
 
 REAL_DIR = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"  # embedded copy
 
@@ -181,7 +181,7 @@ def test_dominant_genre() -> None:
 
 def test_heldout_users_never_reach_a_simulated_client() -> None:
     from client.site import node_setup
-    from common.config import load_defaults
+    from common.config.parse import load_defaults
     from common.task import heldout_users
 
     held = heldout_users(60, 0.25, 12345)

@@ -11,18 +11,18 @@ import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
-from common.catalogue import Catalogue
-from common.config import RunConfig
-from common.model import RecModel, trainable_state
-from common.train import (
+from common.config.run import RunConfig
+from common.model.catalogue import Catalogue
+from common.model.towers import RecModel, trainable_state
+from common.model.train import (
     Batch,
-    DPPlan,
     LocalData,
     make_batch,
     per_user_loss,
     regroup_grad_samples,
     train,
 )
+from common.privacy.plan import DPPlan
 
 B = 3
 

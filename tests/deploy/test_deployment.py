@@ -68,7 +68,7 @@ def write_site_data(home: Path, sites: tuple[str, ...], generic: tuple[str, ...]
     title, genres) instead of ``ratings.csv`` / ``movies.csv``: the same catalogue text under
     ``text-columns = "title,genres"``, ``genre-column = "genres"`` (see `GENERIC_NODE_CONFIG`).
     """
-    from common.synthetic import generate
+    from common.data.synthetic import generate
 
     data = generate(n_users=SITE_USERS * len(sites), n_items=ITEMS, seed=0)
     for s, site in enumerate(sites):
@@ -415,7 +415,7 @@ def test_plaintext_supernode_is_refused(deployment: Deployment) -> None:
 
 def _run_config(tmp_path: Path, over: dict[str, Any]) -> Path:
     """A run-config file: two sites' synthetic data, a tiny backbone, out in `tmp_path/out`."""
-    from common.backbone import make_tiny_backbone
+    from common.model.backbone import make_tiny_backbone
     from simulations.federated import toml_value as _toml
 
     base: dict[str, Any] = {

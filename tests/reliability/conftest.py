@@ -12,7 +12,7 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 import client.site
-from common.config import load_defaults
+from common.config.parse import load_defaults
 
 HERE = Path(__file__).resolve().parent
 

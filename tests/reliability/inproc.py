@@ -32,8 +32,9 @@ from flwr.common.constant import ErrorCode
 from client.client_app import app as honest_app
 from client.hostile import app as hostile_app
 from common import records as R
-from common.config import RunConfig, parse_config
-from common.model import RecModel, trainable_state
+from common.config.parse import parse_config
+from common.config.run import RunConfig
+from common.model.towers import RecModel, trainable_state
 from common.task import load_corpus
 from server.federation import run_federation
 

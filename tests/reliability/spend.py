@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.privacy import Event, Ledger, PrivacyError
+from common.privacy.accounting import Event, PrivacyError
+from common.privacy.ledger import Ledger
 
 
 def one_round(run_config: dict[str, Any], server_round: int) -> dict[str, Any]:

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.config import ConfigError, parse_config, parse_overrides
+from common.config.base import ConfigError
+from common.config.parse import parse_config, parse_overrides
 from simulations import centralized
 
 from .procs import ROOT, federated_command

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.privacy import Ledger, PrivacyError, epsilon_of
+from common.privacy.accounting import PrivacyError, epsilon_of
+from common.privacy.ledger import Ledger
 
 from . import spend
 from .conftest import server_log

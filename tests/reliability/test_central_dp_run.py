@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from client.hostile import FAULT_ENV
-from common.central_dp import central_epsilon, round_release
-from common.privacy import PrivacyError, default_delta
+from common.privacy.accounting import PrivacyError, default_delta
+from common.privacy.central import central_epsilon, round_release
 
 from .conftest import server_log
 from .inproc import FROM_ENV, federate

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.config import parse_overrides
+from common.config.parse import parse_overrides
 from simulations.federated import stop_superlink
 
 from .conftest import clear_site_caches, task_identity, training_rows

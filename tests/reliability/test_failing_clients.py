@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from client.hostile import FAULT_ENV, HANG_ENV
-from common.config import load_defaults
+from common.config.parse import load_defaults
 
 from .conftest import clear_site_caches, server_log, task_identity, training_rows
 from .inproc import FIRST_NODE, FROM_ENV, federate

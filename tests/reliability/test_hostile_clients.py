@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.config import load_defaults
+from common.config.parse import load_defaults
 
 from .conftest import clear_site_caches, server_log, task_identity, training_rows
 from .inproc import FIRST_NODE, federate

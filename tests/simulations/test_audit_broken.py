@@ -1,6 +1,6 @@
 """The audit catches a broken implementation: DP noise switched off, epsilon still claimed.
 
-``FEDREC_TEST_ONLY_ZERO_NOISE=1`` (`common.privacy.test_only_zero_noise`, test only) zeroes the
+``FEDREC_TEST_ONLY_ZERO_NOISE=1`` (`accounting.test_only_zero_noise`, test only) zeroes the
 DP-SGD noise and the popularity histogram's noise while planning, ledgers and reports claim
 the usual epsilon. `simulations.audit` must then prove more leakage than that claim (FAIL);
 the same configuration with real noise must not (that run is
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from client.evaluation import noisy_means
-from common import privacy
 from common import records as R
+from common.model.train import LocalData
+from common.privacy import accounting as privacy
 from common.task import local_histogram
-from common.train import LocalData
 from simulations import audit
 
 CLAIM = 1.0  # dp.epsilon; the default site policy allows up to 10

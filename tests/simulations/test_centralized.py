@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.backbone import make_tiny_backbone
+from common.model.backbone import make_tiny_backbone
 from simulations import centralized
 
 ROOT = Path(__file__).resolve().parents[2]

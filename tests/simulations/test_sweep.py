@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.config import ConfigError, parse_config
+from common.config.base import ConfigError
+from common.config.parse import parse_config
 from common.task import load_corpus
 from simulations import fairness, federated, report, sweep
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.backbone import load_backbone
+from common.model.backbone import load_backbone
 from simulations import cli, tiny_backbone
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.interactions import DataError, Interactions, item_text
-from common.tables import Rows, Table, read_table
+from common.data.interactions import DataError, Interactions, item_text
+from common.data.tables import Rows, Table, read_table
 
 INT = re.compile(r"[+-]?[0-9]{1,19}")
 _WS = " \t\r\n"

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from common.privacy import epsilon_of
+from common.privacy.accounting import epsilon_of
 
 PRV_NUMERICAL_SLACK = 0.01  # Opacus' PRV accountant reports eps within this error (eps_error)
 
@@ -128,7 +128,7 @@ def ledger_check(
 ) -> dict[str, Any]:
     """Recompute every client's epsilon from its ledger with PRV and RDP; flag problems.
 
-    For each ledger (name -> the JSON `common.privacy.Ledger.to_json` writes) and each round
+    For each ledger (name -> the JSON `common.privacy.ledger.Ledger.to_json` writes) and each round
     in it, the events of all rounds up to and including that one are composed at the
     ledger's delta with both accountants. Flags: "mismatch" when the PRV value differs by
     more than `tolerance` from the epsilon the client reported for that round (or from the

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.catalogue import Catalogue
-from common.config import TrainConfig
-from common.model import RecModel
+from common.config.model import TrainConfig
+from common.model.catalogue import Catalogue
+from common.model.towers import RecModel
 
 
 @dataclass
@@ -48,7 +48,7 @@ def examples_at(
 ) -> Examples:
     """One example per (row, cut): the items before the cut (history) and the next T (targets).
 
-    `negatives` per example are drawn as in `common.train.make_batch` (public catalogue,
+    `negatives` per example are drawn as in `common.model.train.make_batch` (public catalogue,
     uniform or `neg_probs`, resampled when they hit a target); 0 for the full softmax.
     """
     e = len(rows)
@@ -121,7 +121,7 @@ def example_losses(
     (under DP, where a catalogue-wide computation has no per-user gradient) those scores are
     constants and only the user tower and the targets' scores carry gradients.
     """
-    from common.train import per_user_loss
+    from common.model.train import per_user_loss
 
     dev = model.device
     hist, hmask = ex.hist.to(dev), ex.hist_mask.to(dev)

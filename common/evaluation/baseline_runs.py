@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from common.baselines import create_baseline
-from common.config import RunConfig
-from common.dp_baselines import (
+from common.config.run import RunConfig
+from common.evaluation.baselines import create_baseline
+from common.evaluation.dp_baselines import (
     LAMBDA_GRID,
     N_GRID,
     POP_SHARE,
@@ -19,9 +19,9 @@ from common.dp_baselines import (
     DPTarget,
     dp_report,
 )
-from common.evaluate import evaluate_scores
-from common.exposure import long_tail_items
-from common.metrics import RankingEvaluator
+from common.evaluation.evaluate import evaluate_scores
+from common.evaluation.exposure import long_tail_items
+from common.evaluation.metrics import RankingEvaluator
 from common.task import Corpus
 
 # The baselines every results.json reports next to the model.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.interactions import DataError
+from common.data.interactions import DataError
 
 CHECKSUMS = "SHA256SUMS"  # `sha256sum` output beside the data files; verified when present
 

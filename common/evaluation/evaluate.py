@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from common.catalogue import Catalogue
-from common.metrics import RankingEvaluator
-from common.model import RecModel
-from common.train import LocalData
+from common.evaluation.metrics import RankingEvaluator
+from common.model.catalogue import Catalogue
+from common.model.towers import RecModel
+from common.model.train import LocalData
 
 
 @torch.no_grad()
@@ -123,7 +123,7 @@ def evaluate_scores(
 
 def item_cache_path(cache_dir: str, state_digest: str) -> Path:
     """Where the item matrix of one trainable state is cached (shared by all parties)."""
-    from common.catalogue import default_cache_dir
+    from common.model.catalogue import default_cache_dir
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     return root / "items" / f"{state_digest}.npy"

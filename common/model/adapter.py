@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.backbone import BUNDLED_ID, backbone_digest, portable_backbone
-from common.config import ConfigError, DataConfig, LoraConfig, ModelConfig
-from common.model import RecModel, load_adapter, save_adapter
+from common.config.base import ConfigError
+from common.config.data import DataConfig
+from common.config.model import LoraConfig, ModelConfig
+from common.model.backbone import BUNDLED_ID, backbone_digest, portable_backbone
+from common.model.towers import RecModel, load_adapter, save_adapter
 
 META_FILE = "fedrec.json"
 FORMAT = 1

@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from common.interactions import DataError
+from common.data.interactions import DataError
 
 ML_LATEST_SMALL_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
 ML_LATEST_SMALL_SHA256 = {  # 2018 release

@@ -16,7 +16,7 @@ from filelock import FileLock
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from common.backbone import additive_mask, load_backbone, resolve_backbone
+from common.model.backbone import additive_mask, load_backbone, resolve_backbone
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.interactions import Interactions, item_text
+from common.data.interactions import Interactions, item_text
 
 TOPIC_WORDS: dict[str, tuple[str, ...]] = {
     "Space": ("galaxy", "rocket", "orbit", "planet", "astronaut", "nebula"),

@@ -21,7 +21,7 @@ Under replace-one, epsilon is roughly twice the add/remove-one epsilon of the sa
 reports say which relation they use.
 
 The server's budget spans runs: `CentralLedger` keeps every released round of every run in a
-JSON file (written atomically under a file lock, like a site's `common.privacy.Ledger`), and
+JSON file (written atomically under a file lock, like a site's `common.privacy.ledger.Ledger`), and
 composes them all. Each event is accounted with its own sampling ratio ``q = m / n``, so runs
 over different numbers of clients compose correctly.
 """
@@ -46,7 +46,7 @@ from filelock import FileLock
 from flwr.app import Array, ArrayRecord
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace
 
-from common.privacy import PrivacyError, bisect_sigma
+from common.privacy.accounting import PrivacyError, bisect_sigma
 
 RELATION = "replace-one"
 SAMPLING = "fixed-size sample without replacement (Flower's sampler)"

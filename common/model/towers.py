@@ -13,10 +13,10 @@ from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from common.backbone import additive_mask, load_backbone, portable_backbone
-from common.catalogue import Catalogue, mean_pool
-from common.config import ModelConfig
-from common.privacy import prior_scores
+from common.config.model import ModelConfig
+from common.model.backbone import additive_mask, load_backbone, portable_backbone
+from common.model.catalogue import Catalogue, mean_pool
+from common.privacy.prior import prior_scores
 
 HEAD_FILE = "head.safetensors"
 PRIOR_KEY = "prior"

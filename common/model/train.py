@@ -14,10 +14,9 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
-from common.catalogue import Catalogue
-from common.config import MAX_DELTA, DPConfig, RunConfig, TrainConfig
-from common.model import RecModel
-from common.objective import (
+from common.config.model import TrainConfig
+from common.model.catalogue import Catalogue
+from common.model.objective import (
     Examples,
     all_cuts,
     example_losses,
@@ -25,15 +24,11 @@ from common.objective import (
     text_cache,
     user_weights,
 )
-from common.policy import SitePolicy
-from common.privacy import (
-    Event,
-    calibrate_noise,
-    check_delta,
-    default_delta,
-    gaussian_sigma_for,
+from common.model.towers import RecModel
+from common.privacy.accounting import (
     test_only_zero_noise,
 )
+from common.privacy.plan import DPPlan
 
 
 @dataclass
@@ -150,134 +145,6 @@ def regroup_grad_samples(model: RecModel, n_users: int, owner: np.ndarray | None
             raise RuntimeError(f"grad_sample rows {gs.shape[0]} != {n_rows} examples")
         out = torch.zeros((n_users, *gs.shape[1:]), dtype=gs.dtype, device=gs.device)
         p.grad_sample = out.index_add_(0, index.to(gs.device), gs)  # type: ignore[attr-defined]
-
-
-@dataclass
-class DPPlan:
-    """Noise and sampling for one party's DP releases over the whole run."""
-
-    sigma: float
-    sample_rate: float
-    steps_per_round: int
-    prior_sigma: float
-    delta: float
-    eval_sigma: float = 0.0  # noise of each evaluation release (0: evaluation not noised)
-
-    def round_events(self) -> list[Event]:
-        """Accountant events of one training round."""
-        return [(self.sigma, self.sample_rate, self.steps_per_round)]
-
-    def prior_events(self) -> list[Event]:
-        """Accountant event of the one-off DP popularity histogram."""
-        return [(self.prior_sigma, 1.0, 1)] if self.prior_sigma > 0 else []
-
-    def eval_events(self) -> list[Event]:
-        """Accountant event of one noised evaluation release (sensitivity: one user)."""
-        return [(self.eval_sigma, 1.0, 1)] if self.eval_sigma > 0 else []
-
-
-def plan_dp(
-    dp: DPConfig,
-    train: TrainConfig,
-    *,
-    n_users: int,
-    rounds: int,
-    use_prior: bool,
-    protected_users: int | None = None,
-    eval_releases: int = 0,
-    max_delta: float = MAX_DELTA,
-) -> DPPlan:
-    """Calibrate noise so that prior + `eval_releases` evaluations + `rounds` rounds end at epsilon.
-
-    `n_users` users can be sampled for DP-SGD (sample rate ``batch_users / n_users``);
-    `protected_users` (default `n_users`) is everyone whose data the party uses (the
-    popularity histogram also counts users too short to train on). delta is `dp.delta`, or
-    min(`max_delta`, 1/(10 x protected users)) rounded down to a power of ten; a delta above
-    1/(10 x protected users) raises `PrivacyError`. The prior gets `dp.prior-share` of epsilon,
-    the evaluation releases `dp.eval-share` (split over `eval_releases`), training the rest.
-    """
-    if n_users < 1:
-        raise ValueError("cannot plan DP-SGD for a client with no trainable users")
-    protected = max(protected_users or n_users, n_users)
-    delta = dp.delta or default_delta(protected, max_delta)
-    check_delta(delta, protected)
-    q = min(1.0, train.batch_users / n_users)
-    steps = max(1, math.ceil(train.epochs / q))
-    prior_sigma = eval_sigma = 0.0
-    if math.isinf(dp.epsilon):  # fixed noise, no budget: the same noise for every release
-        prior_sigma = dp.noise_multiplier if use_prior else 0.0
-        eval_sigma = dp.noise_multiplier if eval_releases else 0.0
-    else:
-        if use_prior:
-            prior_sigma = gaussian_sigma_for(
-                dp.prior_share * dp.epsilon, delta=delta, accountant=dp.accountant
-            )
-        if eval_releases and dp.eval_share > 0:
-            eval_sigma = calibrate_noise(
-                target_epsilon=dp.eval_share * dp.epsilon,
-                delta=delta,
-                sample_rate=1.0,
-                steps=eval_releases,
-                accountant=dp.accountant,
-            )
-    fixed = [(prior_sigma, 1.0, 1)] if prior_sigma else []
-    if eval_sigma:
-        fixed.append((eval_sigma, 1.0, eval_releases))
-    if dp.noise_multiplier > 0:
-        sigma = dp.noise_multiplier
-    else:
-        sigma = calibrate_noise(
-            target_epsilon=dp.epsilon,
-            delta=delta,
-            sample_rate=q,
-            steps=steps * rounds,
-            prior_events=fixed,
-            accountant=dp.accountant,
-        )
-    return DPPlan(sigma, q, steps, prior_sigma, delta, eval_sigma)
-
-
-@dataclass(frozen=True)
-class Party:
-    """The facts about one training party that its DP plan depends on (besides the config)."""
-
-    trainable_users: int  # users DP-SGD samples from (two or more training interactions)
-    protected_users: int  # everyone whose data the party uses (the prior counts them all)
-    use_prior: bool  # whether the party releases a DP popularity histogram (round 0)
-    eval_releases: int = 0  # noised evaluation releases planned for the run
-    max_delta: float = MAX_DELTA  # the party's own cap on delta
-
-    @classmethod
-    def of(cls, cfg: RunConfig, trainees: LocalData, policy: SitePolicy) -> Party:
-        """The party that trains `trainees` under `cfg` with the site policy `policy`."""
-        return cls(
-            trainable_users=len(trainees.trainable()),
-            protected_users=len(trainees),
-            use_prior=cfg.model.prior,
-            eval_releases=policy.eval_releases(cfg),
-            max_delta=policy.max_delta,
-        )
-
-
-def party_plan(cfg: RunConfig, party: Party) -> DPPlan | None:
-    """The DP plan of `party` for a run of `cfg` (None without local DP).
-
-    The one place a party's plan is made: a federated site, the central run (one party
-    holding every user) and the benchmark's site round all call it. Raises `PrivacyError`
-    for a delta above 1/(10 x protected users).
-    """
-    if not cfg.dp.local:
-        return None
-    return plan_dp(
-        cfg.dp,
-        cfg.train,
-        n_users=party.trainable_users,
-        rounds=cfg.fed.rounds,
-        use_prior=party.use_prior,
-        protected_users=party.protected_users,
-        eval_releases=party.eval_releases,
-        max_delta=party.max_delta,
-    )
 
 
 def negative_distribution(
@@ -460,7 +327,7 @@ def _examples(
 @torch.no_grad()
 def _proximal_step(model: RecModel, anchor: dict[str, np.ndarray], rate: float) -> None:
     """Pull trainable weights towards the round's global weights (FedProx)."""
-    from common.model import trainable_state
+    from common.model.towers import trainable_state
 
     current = trainable_state(model)
     named = dict(model.named_parameters())

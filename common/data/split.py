@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.interactions import Interactions
+from common.data.interactions import Interactions
 
 
 @dataclass(frozen=True, eq=False)

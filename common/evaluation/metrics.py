@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from common.exposure import exposure, exposure_profile, gini
+from common.evaluation.exposure import exposure, exposure_profile, gini
 
 
 def _check_batch(scores: np.ndarray, exclude: Sequence[np.ndarray]) -> np.ndarray:

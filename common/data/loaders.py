@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from common.download import resolve_data_dir
-from common.generic import Layout, load_layout
-from common.interactions import DataError, Interactions, item_text
-from common.synthetic import generate
-from common.tables import Table
+from common.data.download import resolve_data_dir
+from common.data.generic import Layout, load_layout
+from common.data.interactions import DataError, Interactions, item_text
+from common.data.synthetic import generate
+from common.data.tables import Table
 
 ML_100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -175,7 +175,7 @@ def load_dataset(
     name : str
         A key of :data:`DATASETS`.
     data_dir : str or PathLike, optional
-        Folder holding the files; see :func:`common.download.resolve_data_dir` for the
+        Folder holding the files; see :func:`common.data.download.resolve_data_dir` for the
         default.
     min_interactions : int
         Users with fewer interactions raise :class:`DataError`; 0 disables the check.

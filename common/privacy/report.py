@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import records as R
-from common.central_dp import RELATION, SAMPLING
-from common.config import RunConfig
-from common.privacy import epsilon_of
-from common.train import DPPlan
+from common.config.run import RunConfig
+from common.privacy.accounting import epsilon_of
+from common.privacy.central import RELATION, SAMPLING
+from common.privacy.plan import DPPlan
 
 SETTINGS = ("federated", "central")
 

@@ -9,7 +9,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from common.config import MAX_DELTA, ConfigError, RunConfig
+from common.config.base import ConfigError
+from common.config.dp import MAX_DELTA
+from common.config.run import RunConfig
 
 POLICY_ENV = "FEDREC_SITE_POLICY"  # a TOML file of policy keys (how simulated sites get one)
 POLICY_FILE_KEY = "policy-file"  # node-config key naming the same kind of file

@@ -3,7 +3,7 @@
 Both protect each user under add/remove-one-user neighbouring data sets (the unit and the
 relation of the model's local DP-SGD), and each is accounted on its own at the (epsilon,
 delta) of the model it is compared with: every release is a full-participation Gaussian
-mechanism, composed with `common.privacy.epsilon_of` (Opacus' accountant).
+mechanism, composed with `common.privacy.accounting.epsilon_of` (Opacus' accountant).
 
 Mechanisms (X: a user's binary row of distinct training items, v = x / ||x||_2):
 
@@ -21,7 +21,7 @@ Selection (honest caveat): ``n`` and lambda are chosen by HR@10 on the validatio
 is private data; that choice is *not* accounted (standard in DP benchmarks, but strictly it
 leaks a little about the validation items). The test item is read once, for the chosen pair.
 
-Noise: a fresh OS-entropy seed per release (`common.privacy.noise_seed`); only with
+Noise: a fresh OS-entropy seed per release (`common.privacy.accounting.noise_seed`); only with
 ``reproducible=True`` (the simulation switch `dp.reproducible-noise`) a hash of a label.
 `$FEDREC_TEST_ONLY_ZERO_NOISE` zeroes it, as for every other release (tests only).
 """
@@ -37,8 +37,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from common.baselines import interaction_matrix
-from common.privacy import (
+from common.evaluation.baselines import interaction_matrix
+from common.privacy.accounting import (
     Event,
     PrivacyError,
     bisect_sigma,
@@ -218,7 +218,7 @@ class DPEase:
         return [(self.sigmas[0], 1.0, 1), (self.sigmas[1], 1.0, 1)]
 
     def model(self, n: int, l2: float) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
-        """Score function of EASE (`common.baselines.EASE`'s B) on the top `n` head items.
+        """Score function of EASE (`baselines.EASE`'s B) on the top `n` head items.
 
         Items outside the head rank below every head item, in noisy popularity order.
         """

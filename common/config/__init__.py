@@ -1,0 +1,1 @@
+"""Run configuration: typed sections parsed once from Flower's flat run-config."""

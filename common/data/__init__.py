@@ -1,0 +1,1 @@
+"""Interaction data: the loaders and registry, types, split, synthetic data, downloads."""

@@ -1,0 +1,1 @@
+"""Evaluation: ranking metrics, full-catalogue evaluation, baselines, exposure."""

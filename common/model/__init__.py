@@ -1,0 +1,1 @@
+"""The model: backbone, item catalogue, the two towers and their training."""

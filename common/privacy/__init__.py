@@ -1,0 +1,1 @@
+"""Privacy: accounting, ledger, DP plan, central DP, the prior, policy, report, audit."""
