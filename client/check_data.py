@@ -6,8 +6,11 @@ Example::
         item-id-column="sku" text-columns="title,category" min-interactions=5'
 
 Reads the files exactly as the site's ClientApp will (node config merged over the run config,
-`client.node.node_setup`), prints one summary line, and exits 2 with ``error: <file> line <n>:
-...`` on the first problem. It writes nothing.
+`client.node.node_setup`), prints one summary line (the users, items and interactions the site
+trains and evaluates on), plus one line naming the users set aside for having fewer than
+``max(min-interactions, 3)`` interactions if there are any (`common.data.short_users`: kept
+for `fedrec recommend`, never trained on), and exits 2 with ``error: <file> line <n>: ...``
+on the first problem. It writes nothing.
 """
 
 from __future__ import annotations
@@ -49,16 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.data.dataset == "synthetic":
             print(f"site {name}: synthetic data (no files to check)", file=sys.stderr)
             return 0
-        data = load_corpus(cfg.data).data
+        corpus = load_corpus(cfg.data)
     except (ConfigError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     where = Path(cfg.data.dir).resolve() if cfg.data.dir else "the default location"
+    data, aside = corpus.every_user, corpus.set_aside
+    short = aside is not None and len(aside) > 0
+    kept = f" ({corpus.data.n_users} trained and evaluated)" if short else ""
     print(
-        f"site {name}: {cfg.data.dataset} data in {where}: {data.n_users} users, "
+        f"site {name}: {cfg.data.dataset} data in {where}: {data.n_users} users{kept}, "
         f"{data.n_items} items, {len(data.users)} interactions: ok",
         file=sys.stderr,
     )
+    if short and aside is not None:
+        print(f"site {name}: {aside.summary()}", file=sys.stderr)
     return 0
 
 

@@ -102,7 +102,7 @@ class Recommender:
         """Open `adapter` (see `common.model.adapter.open_adapter`) over the site data of `data`."""
         model, info = open_adapter(adapter, backbone=backbone, cache_dir=cache_dir,
                                    device=device())  # fmt: skip
-        return cls(model, info, load_corpus(data).data)
+        return cls(model, info, load_corpus(data).every_user)  # set-aside users too
 
     def user_ids(self) -> list[Any]:
         """Every user id of the site's data."""

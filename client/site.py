@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from common.task import (
     local_histogram,
     setup,
 )
+
+log = logging.getLogger("flwr.fedrec")
 
 
 @dataclass
@@ -72,6 +75,8 @@ def _site_data(
 ) -> tuple[LocalData, LocalData, str]:
     """(local users, trainees with canaries, data fingerprint): fixed for one node's data."""
     corpus = load_corpus(cfg.data)
+    if users is None and corpus.set_aside is not None and len(corpus.set_aside):
+        log.warning("[fedrec] site %s: %s", name, corpus.set_aside.summary())
     local = corpus.local(np.asarray(users)) if users is not None else corpus.everyone()
     if len(local) == 0:
         raise ValueError(f"site {name} has no users")

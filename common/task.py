@@ -14,6 +14,7 @@ from common.config.model import ModelConfig
 from common.config.run import RunConfig
 from common.data.interactions import Interactions
 from common.data.loaders import load_dataset
+from common.data.short_users import SetAside, set_aside_short_users
 from common.data.split import Split, dominant_genre, leave_one_out, partition_users
 from common.model.catalogue import Catalogue, build_catalogue
 from common.model.towers import RecModel
@@ -29,10 +30,22 @@ def device() -> str:
 
 @dataclass(frozen=True)
 class Corpus:
-    """A loaded data set and its leave-one-out split."""
+    """A loaded data set and its leave-one-out split.
+
+    ``data`` holds the users the split keeps (trained on, evaluated); ``all_data`` every user
+    of the files, including those `set_aside` for having too few interactions for the split
+    (`common.data.short_users`): the recommender answers for them too.
+    """
 
     data: Interactions
     split: Split
+    all_data: Interactions | None = None
+    set_aside: SetAside | None = None
+
+    @property
+    def every_user(self) -> Interactions:
+        """Every user of the data, set-aside ones included (what `fedrec recommend` serves)."""
+        return self.data if self.all_data is None else self.all_data
 
     def local(self, users: np.ndarray) -> LocalData:
         """The `LocalData` of the given global user indices."""
@@ -51,16 +64,20 @@ class Corpus:
 
 @functools.lru_cache(maxsize=4)
 def load_corpus(cfg: DataConfig) -> Corpus:
-    """Load and split the configured data set (cached per process)."""
+    """Load and split the configured data set (cached per process).
+
+    Users with fewer than ``max(cfg.min_interactions, 3)`` interactions are set aside (kept in
+    ``all_data``, counted in ``set_aside``), not an error.
+    """
     kwargs: dict[str, object] = {}
     if cfg.dataset == "synthetic":
         kwargs = {"n_users": cfg.synthetic_users, "n_items": cfg.synthetic_items}
     elif cfg.dataset == "generic":
         kwargs = dict(cfg.generic_options())
-    data = load_dataset(
-        cfg.dataset, cfg.dir or None, min_interactions=cfg.min_interactions, **kwargs
-    )
-    return Corpus(data, leave_one_out(data, cold_start_share=cfg.cold_start_share))
+    full = load_dataset(cfg.dataset, cfg.dir or None, min_interactions=0, **kwargs)
+    data, aside = set_aside_short_users(full, cfg.min_interactions)
+    split = leave_one_out(data, cold_start_share=cfg.cold_start_share)
+    return Corpus(data, split, full, aside)
 
 
 def client_users(

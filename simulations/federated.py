@@ -116,6 +116,8 @@ def run(
     overrides = with_data_dir(overrides, cfg)
     cfg = parse_config(overrides)
     corpus = load_corpus(cfg.data)  # bad data fails here, with file and line, before Flower
+    if corpus.set_aside is not None and len(corpus.set_aside) and not quiet:
+        print(f"{cfg.data.dataset}: {corpus.set_aside.summary()}", file=sys.stderr)
     if num_supernodes is None:
         num_supernodes = (
             corpus.data.n_users if cfg.data.partitioning == "user" else cfg.data.num_sites

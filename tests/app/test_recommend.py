@@ -210,3 +210,39 @@ def test_rewriting_an_adapter_swaps_it_whole_and_bad_folders_are_named(
     (bare / "fedrec.json").write_text('{"format": 1, "model": {}}')
     with pytest.raises(ConfigError, match=r"fedrec.json: bad or missing field"):
         read_info(bare)
+
+
+def test_users_set_aside_from_training_still_get_recommendations(
+    make_cfg: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user with 1 or 2 interactions is not trained on (leave-one-out needs 3) but is served."""
+    data_dir = tmp_path / "shop"
+    data_dir.mkdir()
+    (data_dir / "items.csv").write_text(
+        "sku,title\n" + "".join(f"i-{i},Item number {i}\n" for i in range(12))
+    )
+    rows = [f"u-{u},i-{(u + t) % 12},{t}" for u in range(6) for t in range(4)]
+    rows += ["new-1,i-3,100", "new-2,i-4,100", "new-2,i-5,101"]
+    (data_dir / "interactions.csv").write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    cfg = make_cfg(**{"data.dataset": "generic", "data.dir": str(data_dir),
+                      "data.item-id-column": "sku"})  # fmt: skip
+    corpus = load_corpus(cfg.data)
+    assert corpus.data.n_users == 6 and corpus.every_user.n_users == 8
+    digest = catalogue_digest(corpus.data.item_ids, corpus.data.item_texts)
+    adapter = write_adapter(trained_like(cfg), tmp_path / "adapter", data=cfg.data,
+                            catalogue=digest)  # fmt: skip
+    rec = Recommender.load(adapter, cfg.data, backbone=cfg.model.backbone,
+                           cache_dir=cfg.model.cache_dir)  # fmt: skip
+    assert {"new-1", "new-2"} <= set(rec.user_ids())
+    top = rec.for_user("new-2", k=12)
+    assert {r.item for r in top}.isdisjoint({"i-4", "i-5"}) and len(top) == 10  # seen excluded
+    assert {d.item for d in top[0].because} <= {"i-4", "i-5"}
+    extra = ("--data-dir", str(data_dir), "--user", "new-1", "--k", "3")
+    assert main(_cli(adapter, cfg, *extra)) == 0
+    shown = json.loads(capsys.readouterr().out)["users"][0]
+    assert shown["user"] == "new-1" and len(shown["recommendations"]) == 3
+    out = tmp_path / "all.csv"
+    assert main(_cli(adapter, cfg, "--data-dir", str(data_dir), "--all", "--k", "2",
+                     "--out", str(out))) == 0  # fmt: skip
+    with out.open() as fh:
+        assert len({r["user"] for r in csv.DictReader(fh)}) == 8

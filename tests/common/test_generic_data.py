@@ -209,8 +209,12 @@ def test_min_interactions_and_columns_come_from_the_node_config(tmp_path: Path) 
     run = {"data.min-interactions": 3}
     cfg, _, users = node_setup(run, node)
     assert users is None and cfg.data.min_interactions == 3 and cfg.data.item_id_column == "sku"
-    with pytest.raises(DataError, match="user carol has 2 interactions"):
-        load_corpus(cfg.data)
+    corpus = load_corpus(cfg.data)  # carol (2 interactions) is set aside, not an error
+    assert corpus.data.user_ids.tolist() == ["alice", "bob"]
+    assert corpus.every_user.user_ids.tolist() == ["alice", "bob", "carol"]
+    assert corpus.set_aside is not None and corpus.set_aside.user_ids.tolist() == ["carol"]
+    with pytest.raises(DataError, match="user carol has 2 interactions"):  # the loader alone
+        load_dataset("generic", folder, min_interactions=3, **cfg.data.generic_options())
     cfg, _, _ = node_setup(run, {**node, "min-interactions": 2})  # the site's own threshold
     assert cfg.data.min_interactions == 2
     data = load_dataset("generic", folder, min_interactions=2, **cfg.data.generic_options())
