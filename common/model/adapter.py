@@ -160,9 +160,11 @@ def open_adapter(
     try:
         digest = backbone_digest(name)
     except (ValueError, OSError) as exc:
+        where = "" if backbone else " (the adapter records its name only, tried as a path here)"
         raise ConfigError(
             f"adapter {folder} was trained on backbone {info.model.backbone!r}, which is not "
-            f"found here ({exc}); pass its folder as the backbone (--backbone)"
+            f"found{where}; pass its folder as the backbone (--backbone FOLDER, the same "
+            f"folder as the run's model.backbone). Detail: {exc}"
         ) from None
     if digest != info.backbone_digest:
         raise ConfigError(

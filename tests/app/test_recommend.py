@@ -85,7 +85,7 @@ def test_loading_refuses_a_missing_or_different_backbone(
     adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the recorded relative name "tiny..." is not here
-    with pytest.raises(ConfigError, match="pass its folder as the backbone"):
+    with pytest.raises(ConfigError, match="records its name only.*--backbone FOLDER"):
         open_adapter(adapter)
     from common.model.backbone import make_tiny_backbone
 
