@@ -12,6 +12,36 @@ from common.model.train import LocalData
 from common.privacy.canary import make_canaries
 from common.task import client_users, heldout_users, load_corpus
 
+# Node-config keys the app reads besides the data keys and the policy keys (docs/deploy.md,
+# "Node config: every key the app reads"); ``fault`` is read by the test app client/hostile.py.
+OTHER_NODE_KEYS = ("site-name", "ledger-path", "adapter-dir", "policy-file", "partition-id",
+                   "num-partitions", "fault")  # fmt: skip
+
+
+def node_keys() -> list[str]:
+    """Every node-config key the app reads, sorted."""
+    from dataclasses import fields
+
+    from common.privacy.policy import SitePolicy
+
+    policy = (f.name.replace("_", "-") for f in fields(SitePolicy))
+    return sorted({*NODE_DATA_KEYS, *policy, *OTHER_NODE_KEYS})
+
+
+def unknown_node_keys(node_config: dict[str, Any]) -> str:
+    """"" when every key is known, else what is unknown with the closest known keys."""
+    import difflib
+
+    known = node_keys()
+    bad = sorted(set(node_config) - set(known))
+    if not bad:
+        return ""
+    hints = []
+    for key in bad:
+        close = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    return f"unknown node-config key(s) {', '.join(hints)}; known keys: {', '.join(known)}"
+
 
 def node_setup(
     run_config: dict[str, Any], node_config: dict[str, Any]

@@ -141,7 +141,24 @@ def load_generic(
         data_dir = "/"
     folder = Path(data_dir)
     layout = generic_layout(folder, **options)
-    return load_layout(folder, layout, min_interactions=min_interactions)
+    try:
+        return load_layout(folder, layout, min_interactions=min_interactions)
+    except DataError as exc:
+        if "lacks column" not in str(exc):
+            raise
+        raise DataError(f"{exc}; {_column_keys(layout)}") from None
+
+
+def _column_keys(lay: Layout) -> str:
+    """Which data key names each column the generic format reads (for a missing column)."""
+    inter = f'user-column="{lay.user}" item-column="{lay.item}" timestamp-column="{lay.timestamp}"'
+    items = f'item-id-column="{lay.item_id}" text-columns="{",".join(lay.text)}"'
+    if lay.genres:
+        items += f' genre-column="{lay.genres}"'
+    return (
+        f"the columns read are set by the data keys (a site's node config, or data.<key> in "
+        f"the run config): interactions {inter}; items {items}"
+    )
 
 
 def _load_synthetic(

@@ -366,3 +366,24 @@ def test_supernode_script_refuses_bad_data_before_starting(tmp_path: Path) -> No
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error: interactions.csv line 3: item id zz is not in items.csv" in proc.stderr
     assert "supernode shop:" not in proc.stderr  # flower-supernode never started
+
+
+def test_check_data_refuses_unknown_node_keys_with_the_closest_known_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from client.check_data import main
+    from client.node import node_keys
+
+    folder = write(tmp_path)
+    node = f'data-dir="{folder}" dataset="generic" item-id-column="sku" max-epsilom=1'
+    assert main(["--node-config", node]) == 2  # the ClientApp would ignore it: budget 10
+    assert "unknown node-config key(s) 'max-epsilom' (did you mean 'max-epsilon'?)" in (
+        capsys.readouterr().err
+    )
+    assert {"site-name", "ledger-path", "adapter-dir", "max-epsilon", "label"} <= set(node_keys())
+
+
+def test_a_missing_column_names_the_keys_that_choose_the_columns(tmp_path: Path) -> None:
+    folder = write(tmp_path)  # items.csv has no `item` column: item-id-column is needed
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['item'\]; .*item-id-column=\"item\""):
+        load_dataset("generic", folder)
