@@ -75,6 +75,7 @@ def train(msg: Message, context: Context) -> Message:
         state,
         server_round=int(cfg.get(R.ROUND, 0)),  # type: ignore[arg-type]
         collect_prior=bool(cfg.get(R.COLLECT_PRIOR, False)),
+        collect_cooc=bool(cfg.get(R.COLLECT_COOC, False)),
         proximal_mu=float(cfg.get(R.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         run_key=str(cfg.get(R.RUN_KEY, "")),
     )

@@ -42,8 +42,10 @@ class Driver:
 class Recommendation:
     """One recommended item: ``score = similarity + popularity``.
 
-    ``similarity`` is the two towers' cosine / temperature, ``popularity`` the (DP) popularity
-    prior term; ``popularity_share = |popularity| / (|similarity| + |popularity|)``.
+    ``similarity`` is the two towers' cosine / temperature, ``popularity`` the terms from
+    released statistics and per-item parameters (the weighted DP popularity prior, the item
+    bias and, with `model.cooc-items`, the weighted DP co-occurrence score of the history);
+    ``popularity_share = |popularity| / (|similarity| + |popularity|)``.
     """
 
     rank: int
@@ -88,8 +90,7 @@ class Recommender:
         self.cat = load_catalogue(model.cfg, data.item_texts, n_layers)
         with torch.no_grad():
             self.items = item_matrix(model, self.cat)
-            prior = model.prior_weight(model.prior_feature().unsqueeze(-1)).squeeze(-1)
-            self.prior = prior.detach()
+            self.prior = model.public_scores().detach()  # weighted prior + item bias
         self.sequences = user_sequences(data)
         self.user_index = {str(_native(u)): i for i, u in enumerate(data.user_ids)}
         self.item_index = {str(_native(v)): i for i, v in enumerate(data.item_ids)}
@@ -155,13 +156,17 @@ class Recommender:
             if len(h):
                 hist[j, t - len(h) :], mask[j, t - len(h) :] = h, 1
         dev, temp = self.model.device, self.model.cfg.temperature
-        x, w = self.model.attend(torch.from_numpy(hist).to(dev), torch.from_numpy(mask).to(dev),
-                                 self.cat)  # fmt: skip
+        ht, mt = torch.from_numpy(hist).to(dev), torch.from_numpy(mask).to(dev)
+        x, w = self.model.attend(ht, mt, self.cat)
+        cooc = self.model.cooc_feature(ht, mt)
+        public = self.prior.expand(len(hists), -1)
+        if cooc is not None:
+            public = self.model.public_scores(cooc)
         w = w / w.sum(1, keepdim=True).clamp_min(1e-9)
         pooled = (w.unsqueeze(-1) * x).sum(1)
         norm = pooled.norm(dim=-1).clamp_min(1e-12)  # as F.normalize
         sim = (pooled / norm.unsqueeze(-1)) @ self.items.T / temp
-        scores = sim + self.prior
+        scores = sim + public
         for j, s in enumerate(seen):
             scores[j, torch.from_numpy(np.asarray(s, dtype=np.int64))] = -torch.inf
         out = []
@@ -169,15 +174,15 @@ class Recommender:
             n_free = int(torch.isfinite(scores[j]).sum())
             top = torch.topk(scores[j], min(k, n_free)).indices
             parts = (w[j].unsqueeze(0) * (self.items[top] @ x[j].T)) / (norm[j] * temp)
-            out.append([self._rec(r, int(i), float(sim[j, i]), parts[r], hist[j], w[j], explain)
+            out.append([self._rec(r, int(i), float(sim[j, i]), float(public[j, i]), parts[r],
+                                  hist[j], w[j], explain)
                         for r, i in enumerate(top.tolist())])  # fmt: skip
         return out
 
     def _rec(
-        self, rank: int, item: int, sim: float, parts: torch.Tensor, hist: np.ndarray,
-        w: torch.Tensor, explain: int,
+        self, rank: int, item: int, sim: float, pop: float, parts: torch.Tensor,
+        hist: np.ndarray, w: torch.Tensor, explain: int,
     ) -> Recommendation:  # fmt: skip
-        pop = float(self.prior[item])
         real = torch.nonzero(w > 0).flatten()
         order = real[torch.argsort(parts[real], descending=True)][:explain].tolist()
         because = [Driver(_native(self.data.item_ids[hist[p]]), self.data.item_texts[hist[p]],

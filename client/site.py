@@ -20,6 +20,7 @@ from common.config.run import RunConfig
 from common.model.towers import RecModel, load_trainable_state, trainable_state
 from common.model.train import LocalData, train
 from common.privacy.accounting import PrivacyError, noise_seed
+from common.privacy.cooc import head_items, local_cooc
 from common.privacy.ledger import Ledger, site_ledger_dir
 from common.privacy.plan import DPPlan, Party, party_plan
 from common.privacy.policy import SitePolicy, load_policy
@@ -193,8 +194,12 @@ def train_round(
     proximal_mu: float,
     run_key: str = "",
     progress: Callable[[int, int, float], None] | None = None,
+    collect_cooc: bool = False,
 ) -> TrainReply | Decline:
     """Load the global state, spend budget if allowed, train; return the reply.
+
+    Round 0 trains nothing: it releases the popularity histogram (`collect_prior`) or, in its
+    second step, the co-occurrence matrix (`collect_cooc`).
 
     Returns a `Decline` with its reason when the site's policy or budget refuses the round:
     the client refuses rather than overspend. `progress` is called after every training
@@ -204,15 +209,15 @@ def train_round(
     if isinstance(plan, Decline):
         return plan
     load_trainable_state(site.model, state)
-    kind = "prior" if collect_prior else "train"
+    kind = "cooc" if collect_cooc else "prior" if collect_prior else "train"
     ledger = None
     if plan is not None:
         ledger = open_ledger(site, plan)
         settled = spend_round(site, plan, ledger, server_round, kind, state, run_key)
         if settled is not None:
             return settled
-    if collect_prior:  # the prior round only releases the histogram; training starts next
-        release_prior(site, plan, server_round)
+    if collect_prior or collect_cooc:  # round 0 releases statistics; training starts next
+        (release_cooc if collect_cooc else release_prior)(site, plan, server_round)
         stats = None
     else:
         anchor = trainable_state(site.model) if proximal_mu > 0 else None
@@ -242,7 +247,10 @@ def spend_round(
                 "it twice"
             )
         return TrainReply.from_metrics(*cached)
-    events = plan.prior_events() if kind == "prior" else plan.round_events()
+    events = {"prior": plan.prior_events, "cooc": plan.cooc_events}.get(kind, plan.round_events)()
+    if not events:
+        raise PrivacyError(f"round {server_round} asks for a {kind} release this site's DP plan "
+                           "does not include (model.cooc-items / model.prior differ?)")  # fmt: skip
     _, refusal = spend(site, plan, ledger, server_round=server_round, kind=kind, events=events,
                        run_key=run_key)  # fmt: skip
     if refusal:
@@ -264,6 +272,24 @@ def release_prior(site: Site, plan: DPPlan | None, server_round: int) -> None:
     )
     with torch.no_grad():  # the site's (noisy) sum; the server sums the sites'
         site.model.prior.copy_(torch.from_numpy(hist).float())
+
+
+def release_cooc(site: Site, plan: DPPlan | None, server_round: int) -> None:
+    """Put the site's (noisy) co-occurrence matrix of the prior's head items into the model.
+
+    The head items are the largest of the global (summed, already released) prior the server
+    sent, so every site releases the same items' matrix and the server sums them.
+    """
+    model, cooc = site.model, site.model.cooc
+    if cooc is None:
+        raise PrivacyError(f"{site.name}: asked for a co-occurrence release, but "
+                           "model.cooc-items = 0 in this node's configuration")  # fmt: skip
+    head = head_items(model.prior.detach().cpu().numpy(), int(cooc.shape[0]))
+    gram = local_cooc(site.trainees.train, site.corpus.data.n_items, head,
+                      sigma=plan.cooc_sigma if plan is not None else 0.0,
+                      seed=round_seed(site, server_round, stream=3))  # fmt: skip
+    with torch.no_grad():
+        cooc.copy_(torch.from_numpy(gram).float())
 
 
 def reply_of(

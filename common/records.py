@@ -36,6 +36,7 @@ EXPOSURE_COUNTS = "exposure-counts@10"  # per-item top-10 counts, summed across 
 ROUND = "server-round"
 RUN_KEY = "run-key"  # identifies one federated training across server restarts
 COLLECT_PRIOR = "collect-prior"
+COLLECT_COOC = "collect-cooc"  # round 0's second step: the co-occurrence release
 PROXIMAL_MU = "proximal-mu"
 EVAL_SPLIT = "eval-split"
 PER_USER = "per-user"

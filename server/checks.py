@@ -11,7 +11,7 @@ from flwr.app import Message
 
 from common import records as R
 from common.config.run import RunConfig
-from common.model.towers import PRIOR_KEY
+from common.model.towers import COOC_KEY, PRIOR_KEY
 from common.replies import Decline
 from common.replies import site_label as label_of
 
@@ -29,12 +29,14 @@ def weight_key(cfg: RunConfig) -> str:
 
 
 def check_update(
-    reply: Message, global_state: dict[str, np.ndarray], cfg: RunConfig, *, prior_round: bool
+    reply: Message, global_state: dict[str, np.ndarray], cfg: RunConfig, *, prior_round: bool,
+    cooc_round: bool = False,
 ) -> str | None:
     """Return why `reply` must be dropped, or None if it is a well-formed, bounded update.
 
     Checks: an ArrayRecord and a positive example count are present; names, shapes and dtypes
-    equal the global state's; all values finite; the prior unchanged outside the prior round;
+    equal the global state's; all values finite; the prior unchanged outside the prior round
+    and the co-occurrence matrix outside its step of round 0;
     the L2 norm of (update - global) over trainable tensors within ``fed.update-norm-bound``.
     """
     rec = reply.content.array_records.get(R.ARRAYS)
@@ -63,6 +65,10 @@ def check_update(
         if name == PRIOR_KEY:
             if not prior_round and not np.array_equal(arr, ref):
                 return "the popularity prior changed outside the prior round"
+            continue
+        if name == COOC_KEY:
+            if not cooc_round and not np.array_equal(arr, ref):
+                return "the co-occurrence matrix changed outside its release (round 0)"
             continue
         sq += float(np.sum((arr.astype(np.float64) - ref) ** 2))
     norm = float(np.sqrt(sq))
@@ -129,6 +135,7 @@ def sort_replies(
     cfg: RunConfig,
     *,
     prior_round: bool,
+    cooc_round: bool = False,
 ) -> SortedReplies:
     """Drop errors, declines, malformed or out-of-bound updates and silent nodes, with a reason.
 
@@ -144,7 +151,8 @@ def sort_replies(
             row["dropped"] = f"error: {reply.error.reason}"
         elif (decline := decline_of(reply)) is not None:
             row["dropped"] = f"declined: {decline.reason}"
-        elif problem := check_update(reply, global_state, cfg, prior_round=prior_round):
+        elif problem := check_update(reply, global_state, cfg, prior_round=prior_round,
+                                     cooc_round=cooc_round):
             row["dropped"] = problem
         else:
             good.append(reply)

@@ -1,4 +1,4 @@
-"""One round's steps: round 0 (the sites' DP popularity prior), a training round, its evaluation."""
+"""One round's steps: round 0 (the sites' DP statistics), a training round, its evaluation."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from flwr.serverapp import Grid
 
 from common import records as R
 from common.config.run import RunConfig
-from common.model.towers import PRIOR_KEY
+from common.model.towers import COOC_KEY, PRIOR_KEY
 from common.replies import EvalReply, KeptReply, ReplyError
-from server.checks import decline_of, node_of, site_label, sort_replies
+from server.checks import SortedReplies, decline_of, node_of, site_label, sort_replies
 from server.evaluation import EvaluateFn
 from server.report import aggregate_eval
 from server.wrappers import CheckedReplies
@@ -53,13 +53,17 @@ class RoundResult:
         }
 
 
-def instruction(rnd: int, run_key: str, cfg: RunConfig) -> ConfigRecord:
-    """The ConfigRecord every training instruction of round `rnd` carries."""
+def instruction(rnd: int, run_key: str, cfg: RunConfig, *, cooc: bool = False) -> ConfigRecord:
+    """The ConfigRecord every training instruction of round `rnd` carries.
+
+    Round 0 asks for the popularity histogram, or with `cooc` for the co-occurrence matrix.
+    """
     return ConfigRecord(
         {
             R.ROUND: rnd,
             R.RUN_KEY: run_key,
-            R.COLLECT_PRIOR: rnd == 0,
+            R.COLLECT_PRIOR: rnd == 0 and not cooc,
+            R.COLLECT_COOC: cooc,
             R.PROXIMAL_MU: cfg.fed.proximal_mu if cfg.fed.strategy == "fedprox" else 0.0,
         }
     )
@@ -70,39 +74,53 @@ def prior_round(
 ) -> tuple[ArrayRecord | None, RoundResult, str]:
     """Round 0: every node releases its (DP) popularity histogram; the prior is their sum.
 
-    No strategy sampling and no training: the trainable arrays stay the initial ones.
+    With `model.cooc-items`, a second step follows: every node releases its (DP)
+    co-occurrence matrix of the summed prior's head items; the matrix is their sum. No
+    strategy sampling and no training: the trainable arrays stay the initial ones.
     Returns (new state or None, the round's result, why it stopped).
     """
+    steps = [PRIOR_KEY, COOC_KEY] if cfg.model.cooc_items else [PRIOR_KEY]
+    result = RoundResult(0, [], 0)
+    for key in steps:
+        got = _release_step(grid, cfg, state, run_key, key)
+        rows = got.rows if key == PRIOR_KEY else [{**r, "stage": key} for r in got.rows]
+        result.clients += rows
+        result.n_aggregated = len(got.good)
+        if not got.enough(cfg.fed.min_clients):
+            why = f"stopped at round 0 ({key}): {len(got.good)} usable replies of {got.sampled}"
+            log.error("[fedrec] %s (fed.min-clients = %d)", why, cfg.fed.min_clients)
+            return None, result, why
+        log.info("[fedrec] round 0 (%s): summing %d of %d replies", key, len(got.good),
+                 got.sampled)  # fmt: skip
+        state = {**state, key: summed(got.good, key)}
+    return R.to_record(state), result, ""
+
+
+def _release_step(
+    grid: Grid, cfg: RunConfig, state: dict[str, np.ndarray], run_key: str, key: str
+) -> SortedReplies:
+    """Send round 0's instruction for the statistic `key` to every node; sort the replies."""
     record = R.to_record(state)
+    config = instruction(0, run_key, cfg, cooc=key == COOC_KEY)
     sent = [
-        Message(
-            RecordDict({R.ARRAYS: record, R.CONFIG: instruction(0, run_key, cfg)}),
-            dst_node_id=n,
-            message_type=MessageType.TRAIN,
-        )
+        Message(RecordDict({R.ARRAYS: record, R.CONFIG: config}), dst_node_id=n,
+                message_type=MessageType.TRAIN)
         for n in grid.get_node_ids()
-    ]
+    ]  # fmt: skip
     replies = list(grid.send_and_receive(sent, timeout=cfg.fed.round_timeout))
-    got = sort_replies(0, sent, replies, state, cfg, prior_round=True)
-    result = RoundResult(0, got.rows, len(got.good))
-    if not got.enough(cfg.fed.min_clients):
-        why = f"stopped at round 0: {len(got.good)} usable replies of {got.sampled}"
-        log.error("[fedrec] %s (fed.min-clients = %d)", why, cfg.fed.min_clients)
-        return None, result, why
-    log.info("[fedrec] round 0: aggregating %d of %d replies", len(got.good), got.sampled)
-    return aggregate_prior(got.good, state), result, ""
+    return sort_replies(0, sent, replies, state, cfg, prior_round=key == PRIOR_KEY,
+                        cooc_round=key == COOC_KEY)  # fmt: skip
 
 
-def aggregate_prior(replies: list[Message], state: dict[str, np.ndarray]) -> ArrayRecord:
-    """The sum of the sites' (noisy) histograms.
+def summed(replies: list[Message], key: str) -> np.ndarray:
+    """The sum of the sites' (noisy) released statistic `key` (float32).
 
-    Sites send sums, not means, so no site reveals its user count; the prior is used only up
-    to scale (standardised log-popularity, normalised negative sampling). Only the prior
-    changes; the trainable arrays stay the initial ones.
+    Sites send sums, not means, so no site reveals its user count; the statistics are used
+    only up to scale (standardised log-popularity, normalised negative sampling, EASE scores
+    rescaled by their RMS).
     """
-    priors = [R.from_record(r.content.array_records[R.ARRAYS])[PRIOR_KEY] for r in replies]
-    total = np.sum([p.astype(np.float64) for p in priors], axis=0)
-    return R.to_record({**state, PRIOR_KEY: total.astype(np.float32)})
+    parts = [R.from_record(r.content.array_records[R.ARRAYS])[key] for r in replies]
+    return np.sum([p.astype(np.float64) for p in parts], axis=0).astype(np.float32)
 
 
 def train_round(

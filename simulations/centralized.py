@@ -86,13 +86,18 @@ def local_round(
     *,
     server_round: int,
     progress: Callable[[int, int, float], None] | None = None,
+    cooc: bool = False,
 ) -> TrainReply:
-    """The party's round `server_round` (0: the prior) as a site runs it; raise if declined."""
+    """The party's round `server_round` as a site runs it; raise if declined.
+
+    Round 0 releases the prior, or with `cooc` the co-occurrence matrix (its second step).
+    """
     reply = train_round(
         site,
         state,
         server_round=server_round,
-        collect_prior=server_round == 0,
+        collect_prior=server_round == 0 and not cooc,
+        collect_cooc=cooc,
         proximal_mu=0.0,
         progress=progress,
     )
@@ -169,10 +174,11 @@ def _passes(site: Site) -> tuple[list[dict[str, float]], list[dict[str, Any]], f
     cfg = site.cfg
     state = trainable_state(site.model)
     releases: list[dict[str, Any]] = []
-    if cfg.model.prior:
-        reply = local_round(site, state, server_round=0)
-        state = reply.state
-        releases.append(reply.metrics())
+    if cfg.model.prior:  # round 0: the statistics (as the server asks every site for them)
+        for cooc in (False, True) if cfg.model.cooc_items else (False,):
+            reply = local_round(site, state, server_round=0, cooc=cooc)
+            state = reply.state
+            releases.append(reply.metrics())
     history: list[dict[str, float]] = []
     train_s = 0.0
     users_seen = 0

@@ -33,6 +33,7 @@ class DPConfig:
     reproducible_noise: bool
     central_ledger: str
     central_max_epsilon: float
+    cooc_share: float = 0.3
 
     def __post_init__(self) -> None:
         check(
@@ -74,6 +75,12 @@ class DPConfig:
             "dp.eval-share",
             self.eval_share,
             "must be in [0, 1) with dp.prior-share + dp.eval-share < 1",
+        )
+        check(
+            0.0 < self.cooc_share < 1.0,
+            "dp.cooc-share",
+            self.cooc_share,
+            "must be in (0, 1) (spent only with model.cooc-items > 0)",
         )
         check(
             self.central_max_epsilon > 0,

@@ -56,6 +56,10 @@ class ModelConfig:
     prior_head_share: float
     cache_lower_layers: bool
     cache_dir: str
+    # DP co-occurrence release (0 = off); defaults let adapters written before it load.
+    cooc_items: int = 0
+    cooc_lambda: float = 100.0
+    cooc_weight: float = 1.0
 
     def __post_init__(self) -> None:
         check(
@@ -80,6 +84,17 @@ class ModelConfig:
             "model.prior-head-share",
             self.prior_head_share,
             "must be in (0, 1]",
+        )
+        check(
+            self.cooc_items >= 0 and (self.cooc_items == 0 or self.prior),
+            "model.cooc-items",
+            self.cooc_items,
+            "must be >= 0 (0 = none) and needs model.prior = true (its head items are the "
+            "prior's most popular)",
+        )
+        check(self.cooc_lambda > 0, "model.cooc-lambda", self.cooc_lambda, "must be > 0")
+        check(
+            math.isfinite(self.cooc_weight), "model.cooc-weight", self.cooc_weight, "must be finite"
         )
 
 

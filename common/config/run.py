@@ -150,3 +150,9 @@ def check_dp_model(cfg: RunConfig) -> None:
             "`model.id-dim` > 0 with dp.mode = 'local' needs `train.positions` = 'random': "
             "Opacus would materialise a [examples, items, id-dim] per-sample gradient"
         )
+    dp = cfg.dp
+    if cfg.model.cooc_items and dp.prior_share + dp.eval_share + dp.cooc_share >= 1.0:
+        raise ConfigError(
+            f"`dp.cooc-share` = {dp.cooc_share}: with model.cooc-items > 0, dp.prior-share + "
+            "dp.eval-share + dp.cooc-share must be < 1 (training needs the rest)"
+        )

@@ -34,17 +34,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
-import torch
 
 from common.evaluation.baselines import interaction_matrix
-from common.privacy.accounting import (
-    Event,
-    PrivacyError,
-    bisect_sigma,
-    epsilon_of,
-    noise_seed,
-    test_only_zero_noise,
+from common.privacy.accounting import Event, PrivacyError, bisect_sigma, epsilon_of, noise_seed
+from common.privacy.cooc import (
+    ease_weights,
+    gaussian_release,
+    normalised_gram,
+    psd_projection,
+    release_gram,
+    unit_rows,
 )
 
 # Grids searched on the validation item (n is capped at the catalogue size).
@@ -77,58 +76,9 @@ class DPTarget:
         return np.random.default_rng(seed)
 
 
-def unit_rows(
-    train: Sequence[np.ndarray], n_items: int, items: np.ndarray | None = None
-) -> sp.csr_matrix:
-    """Float64 [users, len(items)] binary rows on `items` (all items if None), unit L2 norm each.
-
-    A user with no item in `items` keeps a zero row.
-    """
-    x = interaction_matrix(train, n_items, dtype=np.float64)
-    if items is not None:
-        x = x[:, np.asarray(items, dtype=np.int64)].tocsr()
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-    norms[norms == 0] = 1.0
-    return sp.csr_matrix(sp.diags(1.0 / norms) @ x)
-
-
 def user_popularity(train: Sequence[np.ndarray], n_items: int) -> np.ndarray:
     """``sum_u v_u``: each user's distinct training items as one unit-L2-norm vector."""
     return np.asarray(unit_rows(train, n_items).sum(axis=0)).ravel()
-
-
-def normalised_gram(train: Sequence[np.ndarray], n_items: int, items: np.ndarray) -> np.ndarray:
-    """Dense float64 ``sum_u v_u v_u^T`` over `items` (rows normalised on `items`)."""
-    v = unit_rows(train, n_items, items)
-    return np.asarray((v.T @ v).toarray())
-
-
-def gram_sensitivity() -> float:
-    """L2 (Frobenius) sensitivity of `normalised_gram` under adding/removing one user: 1.
-
-    Derivation: the neighbour differs by one term ``v v^T`` with ``||v||_2 in {0, 1}``, and
-    ``||v v^T||_F^2 = sum_ij v_i^2 v_j^2 = (sum_i v_i^2)^2 = ||v||_2^4 <= 1``. The items are
-    fixed by an earlier DP release (post-processing), so the normalisation does not depend on
-    other users. Releasing ``G + (E + E^T)/2`` with iid ``E`` is post-processing of the
-    Gaussian mechanism ``G + E`` on the ``n^2`` entries, whose multiplier is ``sigma / 1``.
-    (Under replace-one it would be ``sqrt(2 - 2 (a.b)^2) <= sqrt(2)``; not used here.)
-    """
-    return 1.0
-
-
-def gaussian_release(value: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """``value + N(0, sigma^2)`` per entry (sensitivity-1 Gaussian mechanism); loud on bad sigma."""
-    if not (math.isfinite(sigma) and sigma > 0):
-        raise PrivacyError(f"a DP release needs a finite noise multiplier > 0, got {sigma}")
-    if test_only_zero_noise():
-        return np.array(value, dtype=np.float64, copy=True)
-    return value + rng.normal(0.0, sigma, size=value.shape)
-
-
-def release_gram(gram: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """``G + (E + E^T) / 2`` with ``E`` iid ``N(0, sigma^2)`` (see `gram_sensitivity`)."""
-    noisy = gaussian_release(gram, sigma, rng)
-    return (noisy + noisy.T) / 2.0
 
 
 def split_sigmas(target: DPTarget, shares: Sequence[float]) -> list[float]:
@@ -208,9 +158,7 @@ class DPEase:
         pop = gaussian_release(user_popularity(train, n_items), s_pop, target.rng("ease-pop"))
         head = np.argsort(-pop, kind="stable")[: min(n_max, n_items)]
         noisy = release_gram(normalised_gram(train, n_items, head), s_gram, target.rng("gram"))
-        w, q = np.linalg.eigh(noisy)
-        psd = (q * np.maximum(w, 0.0)) @ q.T
-        return cls(target, n_items, (s_pop, s_gram), head, pop, psd)
+        return cls(target, n_items, (s_pop, s_gram), head, pop, psd_projection(noisy))
 
     @property
     def events(self) -> list[Event]:
@@ -224,11 +172,7 @@ class DPEase:
         """
         if not 1 <= n <= self.head.size or not l2 > 0:
             raise ValueError(f"need 1 <= n <= {self.head.size} and l2 > 0, got n={n}, l2={l2}")
-        g = torch.from_numpy(self.gram[:n, :n].copy())
-        g.diagonal().add_(l2)
-        p = torch.cholesky_inverse(torch.linalg.cholesky(g))
-        b = (p / -p.diagonal()[None, :]).numpy()
-        np.fill_diagonal(b, 0.0)
+        b = ease_weights(self.gram[:n, :n], l2)
         items = self.head[:n]
         pop = self.pop
         rank = (pop - pop.min()) / max(float(np.ptp(pop)), 1e-12)  # in [0, 1]

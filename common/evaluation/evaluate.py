@@ -75,8 +75,7 @@ def model_score_fn(
     """
     if items is None:
         items = _cached_items(model, cat, cache) if cache else item_matrix(model, cat)
-    prior = model.prior_weight(model.prior_feature().unsqueeze(-1)).squeeze(-1).detach()
-    prior = prior + model.bias_of(torch.arange(cat.n_items)).detach()
+    prior = model.public_scores().detach()
 
     @torch.no_grad()
     def score(rows: np.ndarray, known: list[np.ndarray]) -> np.ndarray:
@@ -88,10 +87,11 @@ def model_score_fn(
                 hist[j, history_len - len(h) :] = h
                 mask[j, history_len - len(h) :] = 1
         dev = model.device
-        users = model.encode_users(
-            torch.from_numpy(hist).to(dev), torch.from_numpy(mask).to(dev), cat
-        )
-        s = users @ items.T / model.cfg.temperature + prior
+        ht, mt = torch.from_numpy(hist).to(dev), torch.from_numpy(mask).to(dev)
+        users = model.encode_users(ht, mt, cat)
+        cooc = model.cooc_feature(ht, mt)
+        public = prior if cooc is None else model.public_scores(cooc)
+        s = users @ items.T / model.cfg.temperature + public
         return s.float().cpu().numpy()
 
     return score

@@ -135,18 +135,18 @@ def example_losses(
         raise RuntimeError("the full softmax needs the catalogue's text cache")
     table = model.user_proj(cat.frozen.to(dev)) if live_catalogue else None
     users = model.encode_users(hist, hmask, cat, table)
+    cooc = model.cooc_feature(hist, hmask)
     targets = cands[:, : tmask.shape[1]]
     if cfg.loss == "full":
-        pos = model.score_candidates(users, targets, cat)
+        pos = model.score_candidates(users, targets, cat, cooc)
     else:
-        pos = model.score_text(users, cache[targets], targets)
+        pos = model.score_text(users, cache[targets], targets, cooc)
     if live_catalogue:
-        every = model.catalogue_scores(users, cache)
+        every = model.catalogue_scores(users, cache, cooc)
     else:
         with torch.no_grad():
             items = model.item_vectors(cache, torch.arange(cat.n_items, device=dev))
-            add = model.prior_weight(model.prior_feature().unsqueeze(-1)).squeeze(-1)
-            add = add + model.bias_of(torch.arange(cat.n_items, device=dev))
+            add = model.public_scores(cooc)
         every = users @ items.T / model.cfg.temperature + add
     own = torch.where(tmask > 0, torch.full_like(pos, -torch.inf), every.gather(1, targets))
     rest = every.scatter(1, targets, own)  # the example's own targets leave the denominator

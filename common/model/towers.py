@@ -16,26 +16,33 @@ from torch import nn
 from common.config.model import ModelConfig
 from common.model.backbone import additive_mask, load_backbone, portable_backbone
 from common.model.catalogue import Catalogue, mean_pool
+from common.privacy.cooc import ease_table, history_scores
 from common.privacy.prior import prior_scores
 
 HEAD_FILE = "head.safetensors"
 PRIOR_KEY = "prior"
+COOC_KEY = "cooc"  # the (noisy) Gram matrix of the prior's head items, released in round 0
+PUBLIC_KEYS = (PRIOR_KEY, COOC_KEY)  # released statistics: summed in round 0, never trained
 # Shared seed for LoRA A matrices: with FFA-LoRA every client derives the same frozen A.
 LORA_SEED = 20231
 
 
 class RecModel(nn.Module):
-    """Scores ``s(u, i) = <user(u), item(i)> / T + w * prior(i)``.
+    """Scores ``s(u, i) = <user(u), item(i)> / T + w * prior(i) [+ b_i] [+ c * cooc(u, i)]``.
 
     Item tower: cached lower-layer states (or tokens) -> top BERT layers with LoRA -> mean
     pooling -> optional projection -> L2 norm. User tower: frozen item vectors of the history
     -> optional projection -> attention pooling with a learned recency bias -> L2 norm.
     Trainable: LoRA tensors (only B under FFA-LoRA) and the small head; never the backbone.
+    With `model.cooc-items`, ``cooc(u, i)`` is EASE on the released co-occurrence matrix of
+    the prior's head items, scored from the user's history (`cooc_scores`).
     """
 
     bert: PeftModel
     prior: torch.Tensor
     prior_weight: nn.Linear
+    cooc: torch.Tensor | None
+    cooc_weight: nn.Linear | None
     n_lower: int
 
     def __init__(
@@ -98,6 +105,12 @@ class RecModel(nn.Module):
             if emb is not None:
                 nn.init.zeros_(emb.weight)
         self.register_buffer(PRIOR_KEY, torch.zeros(n_items))
+        n_head = min(cfg.cooc_items, n_items)
+        self.register_buffer(COOC_KEY, torch.zeros(n_head, n_head) if n_head else None)
+        self.cooc_weight = nn.Linear(1, 1, bias=False) if n_head else None
+        if self.cooc_weight is not None:
+            nn.init.constant_(self.cooc_weight.weight, cfg.cooc_weight)
+        self._cooc_table: tuple[bytes, torch.Tensor, torch.Tensor] | None = None
         self.to(device)
 
     @property
@@ -199,30 +212,73 @@ class RecModel(nn.Module):
         folds their per-row gradients back to one per user before clipping. The head (projection,
         ID embedding, bias, prior weight) runs batch-first, so its gradients are per user.
         """
-        return self.score_candidates(self.encode_users(hist, hist_mask, cat), cands, cat)
+        users = self.encode_users(hist, hist_mask, cat)
+        return self.score_candidates(users, cands, cat, self.cooc_feature(hist, hist_mask))
 
     def score_candidates(
-        self, users: torch.Tensor, cands: torch.Tensor, cat: Catalogue
-    ) -> torch.Tensor:
-        """``[B, D]`` user vectors and ``[B, K]`` candidates -> ``[B, K]`` live scores."""
+        self, users: torch.Tensor, cands: torch.Tensor, cat: Catalogue,
+        cooc: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """``[B, D]`` user vectors and ``[B, K]`` candidates -> ``[B, K]`` live scores.
+
+        `cooc` is the users' ``[B, n_items]`` `cooc_feature` (None: no co-occurrence term).
+        """
         b, k = cands.shape
-        return self.score_text(users, self.text_items(cands.reshape(-1), cat).view(b, k, -1), cands)
+        text = self.text_items(cands.reshape(-1), cat).view(b, k, -1)
+        return self.score_text(users, text, cands, cooc)
 
     def score_text(
-        self, users: torch.Tensor, text: torch.Tensor, cands: torch.Tensor
-    ) -> torch.Tensor:
+        self, users: torch.Tensor, text: torch.Tensor, cands: torch.Tensor,
+        cooc: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """Scores ``[B, K]`` from users ``[B, D]`` and candidate text states ``[B, K, H]``."""
         items = self.item_vectors(text, cands)
         dots = (users.unsqueeze(1) * items).sum(-1) / self.cfg.temperature
         prior = self.prior_feature()[cands].unsqueeze(-1)
-        return dots + self.prior_weight(prior).squeeze(-1) + self.bias_of(cands)
+        out = dots + self.prior_weight(prior).squeeze(-1) + self.bias_of(cands)
+        if cooc is not None and self.cooc_weight is not None:
+            out = out + self.cooc_weight(cooc.gather(1, cands).unsqueeze(-1)).squeeze(-1)
+        return out
 
-    def catalogue_scores(self, users: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def catalogue_scores(
+        self, users: torch.Tensor, text: torch.Tensor, cooc: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``[B, n_items]`` scores of every item from all items' text states ``[n_items, H]``."""
         every = torch.arange(text.shape[0], device=self.device)
         items = self.item_vectors(text, every)
+        return users @ items.T / self.cfg.temperature + self.public_scores(cooc)
+
+    def public_scores(self, cooc: torch.Tensor | None = None) -> torch.Tensor:
+        """The scores' terms from released statistics and per-item parameters.
+
+        ``[n_items]`` (weighted prior plus item bias) or, with the users' `cooc_feature`,
+        ``[B, n_items]`` with the weighted co-occurrence term added.
+        """
+        every = torch.arange(self.prior.numel(), device=self.device)
         prior = self.prior_weight(self.prior_feature().unsqueeze(-1)).squeeze(-1)
-        return users @ items.T / self.cfg.temperature + prior + self.bias_of(every)
+        out = prior + self.bias_of(every)
+        if cooc is not None and self.cooc_weight is not None:
+            out = out + self.cooc_weight(cooc.unsqueeze(-1)).squeeze(-1)
+        return out
+
+    def cooc_feature(self, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor | None:
+        """``[B, n_items]`` EASE scores of each history on the released co-occurrence matrix.
+
+        None without `model.cooc-items` or before the release (see `common.privacy.cooc`).
+        Only released statistics and the user's own history enter it (no gradient).
+        """
+        if self.cooc is None or not bool(self.cooc.any()) or not bool(self.prior.any()):
+            return None
+        cooc, prior = self.cooc.detach().cpu().numpy(), self.prior.detach().cpu().numpy()
+        key = cooc.tobytes() + prior.tobytes()
+        if self._cooc_table is None or self._cooc_table[0] != key:  # once per released matrix
+            top, ease = ease_table(cooc, prior, l2=self.cfg.cooc_lambda,
+                                   history_len=self.recency.num_embeddings)  # fmt: skip
+            dev = self.device
+            self._cooc_table = (key, torch.from_numpy(top).to(dev), torch.from_numpy(ease).to(dev))
+        _, head, b = self._cooc_table
+        return history_scores(hist.to(self.device), hist_mask.to(self.device), head, b,
+                              self.prior.numel())  # fmt: skip
 
     def prior_feature(self) -> torch.Tensor:
         """``[n_items]`` standardised log-popularity of the (noisy) histogram in `prior`."""
@@ -244,7 +300,7 @@ def projection(hidden: int, dim: int, inner: int) -> nn.Module:
 
 
 def trainable_state(model: RecModel) -> dict[str, np.ndarray]:
-    """Exactly what travels: trainable adapter tensors, the head, and the public prior."""
+    """Exactly what travels: trainable adapter tensors, the head, and the released statistics."""
     out: dict[str, np.ndarray] = {}
     trainable = {n for n, p in model.bert.named_parameters() if p.requires_grad}
     adapter = get_peft_model_state_dict(model.bert)
@@ -256,6 +312,8 @@ def trainable_state(model: RecModel) -> dict[str, np.ndarray]:
         if p.requires_grad and not name.startswith("bert."):
             out[f"head.{name}"] = p.detach().cpu().numpy().copy()
     out[PRIOR_KEY] = model.prior.detach().cpu().numpy().copy()
+    if model.cooc is not None:
+        out[COOC_KEY] = model.cooc.detach().cpu().numpy().copy()
     return out
 
 
@@ -282,6 +340,8 @@ def load_trainable_state(model: RecModel, state: dict[str, np.ndarray]) -> None:
             if k.startswith("head."):
                 params[k[5:]].copy_(torch.from_numpy(np.array(v)))
         model.prior.copy_(torch.from_numpy(np.array(state[PRIOR_KEY])))
+        if model.cooc is not None:
+            model.cooc.copy_(torch.from_numpy(np.array(state[COOC_KEY])))
 
 
 def save_adapter(model: RecModel, folder: str | Path) -> Path:
@@ -329,6 +389,8 @@ def load_adapter(
         for k, v in head.items():
             if k == PRIOR_KEY:
                 model.prior.copy_(v)
+            elif k == COOC_KEY and model.cooc is not None:
+                model.cooc.copy_(v)
             else:
                 params[k[5:]].copy_(v)
     return model

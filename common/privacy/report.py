@@ -147,8 +147,8 @@ def _one_party(cfg: RunConfig, plan: DPPlan | None) -> dict[str, Any]:
             "clip": cfg.dp.clip,
         }
     rounds = cfg.fed.rounds
-    events = [*plan.prior_events(), *plan.round_events() * rounds]
-    return {
+    events = [*plan.prior_events(), *plan.cooc_events(), *plan.round_events() * rounds]
+    out = {
         "epsilon_rdp": epsilon_of(events, delta=plan.delta, accountant="rdp"),
         "noise_multiplier": plan.sigma,
         "prior_noise_multiplier": plan.prior_sigma,
@@ -156,6 +156,9 @@ def _one_party(cfg: RunConfig, plan: DPPlan | None) -> dict[str, Any]:
         "steps": plan.steps_per_round * rounds,
         "clip": cfg.dp.clip,
     }
+    if plan.cooc_sigma > 0:
+        out["cooc_noise_multiplier"] = plan.cooc_sigma
+    return out
 
 
 # The figures every privacy section has, in every mode and setting (a sweep row keeps these).

@@ -11,7 +11,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 
 from common import records as R
 from common.config.run import RunConfig
-from common.model.towers import PRIOR_KEY
+from common.model.towers import COOC_KEY, PRIOR_KEY
 from server.checks import check_update
 
 from .messages import reply_from
@@ -146,3 +146,16 @@ def test_metrics_record_with_only_lists_counts_as_missing(cfg: RunConfig) -> Non
     assert isinstance(reply.content.metric_records[R.METRICS], MetricRecord)
     problem = check_update(reply, GLOBAL, cfg, prior_round=False)
     assert problem is not None and R.NUM_EXAMPLES in problem
+
+
+def test_the_cooc_matrix_may_change_only_in_its_release_step(cfg: RunConfig) -> None:
+    state = {**GLOBAL, COOC_KEY: np.zeros((3, 3), np.float32)}
+    moved = {**{k: v.copy() for k, v in state.items()}, COOC_KEY: np.eye(3, dtype=np.float32)}
+    reply = _reply(moved)
+    assert check_update(reply, state, cfg, prior_round=False, cooc_round=True) is None
+    problem = check_update(reply, state, cfg, prior_round=False)
+    assert problem is not None and "co-occurrence" in problem
+    problem = check_update(reply, state, cfg, prior_round=True)  # not in the prior's step
+    assert problem is not None and "co-occurrence" in problem
+    big = {**moved, COOC_KEY: np.full((3, 3), 1e6, np.float32)}  # not part of the norm bound
+    assert check_update(_reply(big), state, cfg, prior_round=False, cooc_round=True) is None

@@ -14,13 +14,11 @@ from common.evaluation.dp_baselines import (
     DPPopularity,
     DPTarget,
     dp_report,
-    gram_sensitivity,
-    normalised_gram,
-    release_gram,
     split_sigmas,
     user_popularity,
 )
 from common.privacy.accounting import ZERO_NOISE_ENV, PrivacyError, epsilon_of
+from common.privacy.cooc import gram_sensitivity, normalised_gram, release_gram
 from common.task import Corpus
 
 

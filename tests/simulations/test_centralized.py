@@ -77,6 +77,16 @@ def test_dp_run_reports_dp_baselines_at_its_budget(tiny: Path, tmp_path: Path) -
     assert len(ease["valid_grid"]) == 12
 
 
+def test_the_cooc_release_is_planned_and_spent_in_budget(tiny: Path, tmp_path: Path) -> None:
+    res = _run(tiny, tmp_path / "a", tmp_path / "cache", extra="model.cooc-items=20")
+    p = res["privacy"]
+    assert p["cooc_noise_multiplier"] > p["prior_noise_multiplier"] > 0  # 0.3 vs 0.4 of eps
+    assert 7.5 < p["epsilon"] <= 8.0  # prior + co-occurrence + training, composed
+    plain = _run(tiny, tmp_path / "b", tmp_path / "cache")["privacy"]
+    assert "cooc_noise_multiplier" not in plain
+    assert p["noise_multiplier"] > plain["noise_multiplier"]  # training pays for the release
+
+
 def test_malformed_ratings_one_clear_line(tmp_path: Path) -> None:
     data = tmp_path / "ml"
     data.mkdir()
