@@ -8,7 +8,7 @@ Example::
 The schedule is the federated one with a single party holding every user: ``fed.rounds``
 passes of ``train.epochs`` epochs each, and with ``--epsilon`` finite, user-level DP-SGD whose
 noise is calibrated so that the popularity prior plus all passes end at that epsilon. Plan,
-ledger and seeds are a site's (`client.site.train_round`): noise from OS entropy unless
+ledger and seeds are a site's (`client.site_round.train_round`): noise from OS entropy unless
 ``dp.reproducible-noise``.
 """
 
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from client.site import Site, data_fingerprint, dp_plan, train_round
+from client.site import Site, data_fingerprint
+from client.site_round import dp_plan, train_round
 from common.config.base import ConfigError
 from common.config.parse import parse_config, parse_overrides
 from common.config.run import RunConfig
@@ -108,7 +109,7 @@ def run(cfg: RunConfig, out: Path, *, which: str = "test") -> dict[str, Any]:
     hyper-parameters without reading the test item).
 
     The federated schedule with one party holding every user: the same local round as a
-    site's (`client.site.train_round`: its DP plan, ledger, seeds and prior), ``fed.rounds``
+    site's (`client.site_round.train_round`: its DP plan, ledger, seeds and prior), ``fed.rounds``
     times, after the prior round when ``model.prior`` is set. A DP run also reports the DP
     baselines (`common.evaluation.baseline_runs.dp_baselines_for`) at the model's epsilon and delta.
     """

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from client.site import dp_plan, get_site
+from client.site import get_site
+from client.site_round import dp_plan
 from common.config.parse import parse_config
 from common.privacy.plan import DPPlan
 from simulations import bench, centralized
