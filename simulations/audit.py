@@ -89,7 +89,7 @@ def audit(
     else:
         if parse_config(overrides).audit.canaries == 0:
             raise ConfigError("the audit needs canaries: set audit.canaries > 0")
-        run = RunResult.of(federated.run(overrides, run_dir), str(run_dir / "results.json"))
+        run = federated.run(overrides, run_dir)
     run_s, t1 = time.time() - t0, time.time()
     cfg = parse_config(run.run_config())
     folder = site_ledger_dir(cfg)

@@ -42,6 +42,7 @@ from common.privacy.accounting import PrivacyError
 from common.privacy.policy import SitePolicy
 from common.privacy.report import privacy_report
 from common.replies import Decline, TrainReply
+from common.run_result import RunResult, load_run
 from common.task import setup
 from simulations import cli
 
@@ -102,8 +103,8 @@ def local_round(
     return reply
 
 
-def run(cfg: RunConfig, out: Path, *, which: str = "test") -> dict[str, Any]:
-    """Train centrally, evaluate model and baselines on the `which` item, write results.json.
+def run(cfg: RunConfig, out: Path, *, which: str = "test") -> RunResult:
+    """Train centrally, evaluate model and baselines on the `which` item; results.json, read back.
 
     ``which = "valid"`` scores the validation item instead of the test item (for choosing
     hyper-parameters without reading the test item).
@@ -162,7 +163,7 @@ def run(cfg: RunConfig, out: Path, *, which: str = "test") -> dict[str, Any]:
     digest = catalogue_digest(corpus.data.item_ids, corpus.data.item_texts)
     write_adapter(model, out / "adapter", data=cfg.data, catalogue=digest)
     write_json_atomic(out / "results.json", results)
-    return results
+    return load_run(out / "results.json")
 
 
 def _passes(site: Site) -> tuple[list[dict[str, float]], list[dict[str, Any]], float, int]:
@@ -254,11 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         res = run(cfg, args.out, which=args.eval)
     except (ConfigError, DataError, PrivacyError, ValueError) as exc:
         return cli.bad_input(exc)
-    m, b = res["metrics"], res["baselines"]["most-popular"]
+    m, b = res.metrics, res.baselines["most-popular"]
     print(
         f"[{args.eval}] HR@10 {m['hr@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}  (most-popular HR@10 "
-        f"{b['hr@10']:.4f}; EASE {res['baselines']['ease']['hr@10']:.4f})  epsilon "
-        f"{res['privacy']['epsilon']:.3g}  -> {args.out / 'results.json'}"
+        f"{b['hr@10']:.4f}; EASE {res.baselines['ease']['hr@10']:.4f})  epsilon "
+        f"{res.privacy.epsilon:.3g}  -> {args.out / 'results.json'}"
     )
     return 0
 

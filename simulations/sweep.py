@@ -60,7 +60,7 @@ def run_central(over: dict[str, Any], out: Path) -> RunResult:
 
 def _attempt(pt: Point, out: Path, t0: float) -> dict[str, Any]:
     if pt.kind == "central":
-        central = RunResult.of(run_central(pt.overrides, out / "central" / pt.id))
+        central = run_central(pt.overrides, out / "central" / pt.id)
         return make_row(pt, central, time.time() - t0)
     if pt.kind == "scale":
         return {
@@ -71,7 +71,7 @@ def _attempt(pt: Point, out: Path, t0: float) -> dict[str, Any]:
             **run_scale(pt.overrides, out / "scale" / pt.id),
         }
     where = out / "points" / pt.id
-    run = RunResult.of(federated.run(pt.overrides, where, quiet=True), str(where / "results.json"))
+    run = federated.run(pt.overrides, where, quiet=True)
     return make_row(pt, run, time.time() - t0)
 
 

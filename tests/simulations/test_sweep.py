@@ -12,6 +12,7 @@ import pytest
 
 from common.config.base import ConfigError
 from common.config.parse import parse_config
+from common.run_result import RunResult
 from common.task import load_corpus
 from simulations import fairness, federated, report, sweep, sweep_plan, sweep_rows
 
@@ -19,7 +20,7 @@ EXTRA = {"model.backbone": "/nonexistent/tiny"}  # never loaded by the fast test
 
 
 def fake_results(over: dict[str, Any], *, hr: float = 0.2) -> dict[str, Any]:
-    """A results.json as `federated.run` returns it, for the synthetic data of `over`."""
+    """A results.json as `federated.run` writes it, for the synthetic data of `over`."""
     cfg = parse_config(over)
     n = load_corpus(cfg.data).data.n_users
     users = list(range(n))
@@ -100,14 +101,18 @@ def test_rerun_skips_finished_points_and_a_failure_is_recorded(
     calls: list[str] = []
     bad_id = tiny_points[1].id
 
-    def fake_run(over: dict[str, Any], out: Path, **_: Any) -> dict[str, Any]:
+    def fake_run(over: dict[str, Any], out: Path, **_: Any) -> RunResult:
         calls.append(out.name)
         if out.name == bad_id and len(calls) < 3:
             raise RuntimeError("flwr run failed (exit 1)")
-        return fake_results(over)
+        return RunResult.from_json(fake_results(over), str(out / "results.json"))
 
     monkeypatch.setattr(federated, "run", fake_run)
-    monkeypatch.setattr(sweep, "run_central", lambda over, out: fake_results(over, hr=0.3))
+
+    def fake_central(over: dict[str, Any], out: Path) -> RunResult:
+        return RunResult.from_json(fake_results(over, hr=0.3), str(out / "results.json"))
+
+    monkeypatch.setattr(sweep, "run_central", fake_central)
     central = sweep_plan.plan_central(sweep_plan.load_spec("tiny"), tiny_points, dict(EXTRA))
     points = tiny_points + central
     rows = sweep.run_sweep(points, tmp_path, log=lambda _: None)
