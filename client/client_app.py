@@ -1,4 +1,4 @@
-"""Flower ClientApp: wires Messages to `client.site` (DP training) and `client.evaluation`."""
+"""Flower ClientApp: wires Messages to `client.site_round` (DP training) and `client.evaluation`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from flwr.clientapp import ClientApp
 
 from client.evaluation import evaluate_round
 from client.final_adapter import keep_final_adapter
-from client.site import get_site, initial_state, train_round
+from client.site import get_site, initial_state
+from client.site_round import train_round
 from common import records as R
 from common.config.base import ConfigError
 from common.privacy.accounting import PrivacyError

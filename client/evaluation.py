@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from client.site import Site, dp_plan, eval_releases, round_seed
+from client.site import Site
+from client.site_round import dp_plan, eval_releases, round_seed
 from client.spending import load_reply, open_ledger, privacy_metrics, save_reply, spend
 from common import records as R
 from common.evaluation.evaluate import evaluate_scores, item_cache_path, model_score_fn

@@ -23,7 +23,9 @@ class RunResult:
     """A finished (or stopped) run: final metrics, baselines, privacy, per-round history.
 
     Written by `server.report.finish_run` (federated) and `simulations.centralized.run`;
-    read by the sweep, the audit and the study report through `load_run` / `from_json`.
+    read by the sweep, the audit and the study report through `load_run` / `from_json`, and
+    returned (read back from the file) by `simulations.federated.run` and
+    `simulations.centralized.run`.
     """
 
     metrics: dict[str, Any]  # the final evaluation (test split, full ranking)
@@ -37,6 +39,7 @@ class RunResult:
     communication: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # the flat run config ({} if absent)
     per_user: dict[str, list[float]] | None = None  # the central run's final per-user metrics
+    flwr_status: dict[str, Any] | None = None  # `flwr ls`' entry of a federated run
     source: str = ""  # the file (or what) it was read from, for error messages
 
     def run_config(self) -> dict[str, Any]:
@@ -95,12 +98,13 @@ class RunResult:
             communication=dict(data.get("communication", {})),
             config=dict(data.get("config", {})),
             per_user=data.get("per_user"),
+            flwr_status=data.get("flwr_status"),
             source=source,
         )
 
     @classmethod
     def of(cls, results: RunResult | Mapping[str, Any], source: str = "results") -> RunResult:
-        """`results` as a `RunResult` (a dict, e.g. what `simulations.federated.run` returns)."""
+        """`results` as a `RunResult` (e.g. a results.json object already parsed)."""
         return results if isinstance(results, RunResult) else cls.from_json(results, source)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from common.config.run import RunConfig
 from common.privacy.accounting import PrivacyError
-from common.privacy.central import CentralEvent, CentralLedger, composed_epsilon, round_release
+from common.privacy.central import CentralEvent, composed_epsilon, round_release
+from common.privacy.central_ledger import CentralLedger
 
 CENTRAL_LEDGER_NAME = "central-ledger.json"  # in fed.out-dir unless dp.central-ledger names one
 

@@ -10,11 +10,7 @@ comparable even on a shared, noisy machine; absolute numbers come with the machi
 description (CPU model, cores, torch threads) in `bench.json`.
 """
 
-from __future__ import annotations
-
 import json
-import os
-import platform
 import resource
 import sys
 import tempfile
@@ -23,21 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from common.config.parse import parse_config
 from common.config.run import RunConfig
 from common.evaluation.evaluate import evaluate_scores, model_score_fn
 from common.io import write_json_atomic
 from common.model.backbone import load_backbone, make_tiny_backbone
-from common.model.towers import trainable_state
-from common.model.train import LocalData, make_batch, per_user_loss, train
+from common.model.train import LocalData, train
 from common.privacy.plan import DPPlan, Party, party_plan
 from common.privacy.policy import load_policy
-from common.records import state_bytes
 from common.task import setup
 from simulations import cli
+from simulations.bench_measure import full_catalogue_time, gemm_flops, machine, measure
 from simulations.scale import run_scale, scale_overrides
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -51,94 +44,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # Variants with LoRA on every backbone layer: `model.lora.layers` is set to the backbone's layer
 # count when they run (it depends on `model.backbone`, so it cannot be a fixed override).
 ALL_LAYER_VARIANTS = ("lora-all-layers-nodp", "lora-all-layers-dp")
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.is_available(),
-        "python": platform.python_version(),
-    }
-
-
-def gemm_flops(n: int = 1024, reps: int = 10) -> float:
-    """Measured dense float32 matmul FLOP/s of this machine (torch GEMM)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
-def step_flops(cfg: RunConfig, model: Any, cat: Any, local: Any) -> float:
-    """FLOPs of one non-DP training step (forward + backward) counted by torch."""
-    rng = np.random.default_rng(0)
-    rows = local.trainable()[: cfg.train.batch_users]
-    batch = make_batch(
-        local,
-        rows,
-        history_len=cfg.data.history_len,
-        targets=cfg.train.targets_per_user,
-        negatives=cfg.train.negatives,
-        n_items=cat.n_items,
-        rng=rng,
-    )
-    with FlopCounterMode(display=False) as counter:
-        scores = model(batch.hist, batch.hist_mask, batch.cands, cat)
-        per_user_loss(scores, batch.target_mask).mean().backward()
-    model.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
-
-
-def measure(base: dict[str, Any], name: str, over: dict[str, Any], steps: int) -> dict[str, Any]:
-    """Train `steps` steps of one variant; users/s, step FLOPs, bytes, eval time."""
-    cfg = parse_config({**base, **over})
-    corpus, cat, model = setup(cfg)
-    local = corpus.everyone()
-    n = len(local.trainable())
-    q = min(1.0, cfg.train.batch_users / n)
-    plan = DPPlan(1.0, q, steps, 0.0, 1.0 / n) if cfg.dp.local else None
-    warm = DPPlan(1.0, q, 1, 0.0, 1.0 / n) if plan else None
-    one = parse_config({**base, **over, "train.epochs": cfg.train.batch_users / n})
-    train(
-        model, cat, local, one.train, history_len=cfg.data.history_len, plan=warm, clip=1.0, seed=1
-    )  # warm-up
-    many = parse_config({**base, **over, "train.epochs": steps * cfg.train.batch_users / n})
-    stats = train(
-        model, cat, local, many.train, history_len=cfg.data.history_len, plan=plan, clip=1.0, seed=2
-    )
-    flops = step_flops(cfg, model, cat, local)
-    backbone_bytes = sum(
-        p.numel() * p.element_size() for p in model.bert.get_base_model().parameters()
-    )
-    state = trainable_state(model)
-    up = state_bytes({k: v for k, v in state.items() if k != "prior"})
-    return {
-        "variant": name,
-        "users_per_s": stats.users_seen / stats.wall_s,
-        "step_s": stats.wall_s / stats.steps,
-        "users_per_step": stats.users_seen / stats.steps,
-        "step_flops": flops,
-        "achieved_flops": flops / (stats.wall_s / stats.steps),
-        "bytes_up_trainable": up,
-        "bytes_prior": int(state["prior"].nbytes),
-        "backbone_bytes": backbone_bytes,
-        "backbone_over_up": backbone_bytes / up,
-        "_model": (cfg, model, cat, corpus),
-    }
 
 
 def site_plan(cfg: RunConfig, local: LocalData) -> DPPlan | None:
@@ -226,20 +131,13 @@ def _ratio(by: dict[str, dict[str, Any]], a: str, b: str) -> float | None:
     return None
 
 
-def run(
-    base: dict[str, Any],
-    out: Path,
-    *,
-    steps: int,
-    only: tuple[str, ...] = (),
-    site_users: int = 150,
-    federated: list[int] | None = None,
-) -> dict[str, Any]:
-    """Run every variant, the evaluation timing, a site round and the federated scale runs."""
+def measure_variants(
+    base: dict[str, Any], steps: int, only: tuple[str, ...], gemm: float
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every variant's row (in `VARIANTS` order), and the full-catalogue evaluation timing."""
     n_layers = load_backbone(str(base.get("model.backbone", ""))).config.num_hidden_layers
-    gemm = gemm_flops()
     rows = []
-    eval_s, eval_users = None, 0
+    evaluation: dict[str, Any] = {"full_catalogue_s": None, "users": 0}
     for name, over in VARIANTS.items():
         if only and name not in only:
             continue
@@ -250,24 +148,31 @@ def run(
         row = measure(base, name, over, steps)
         row["efficiency"] = row["achieved_flops"] / gemm
         row["wall_s"] = time.perf_counter() - t0
+        model = row.pop("_model")
         if name == "lora-cached-nodp":
-            cfg, model, cat, corpus = row["_model"]
-            t1 = time.perf_counter()
-            ev = evaluate_scores(
-                model_score_fn(model, cat, history_len=cfg.data.history_len),
-                corpus.everyone(),
-                corpus.data.n_items,
-                which="test",
-            )
-            eval_s = time.perf_counter() - t1
-            eval_users = int(ev.result()["n_users"])
-        row.pop("_model")
+            secs, users = full_catalogue_time(*model)
+            evaluation = {"full_catalogue_s": secs, "users": users}
         rows.append(row)
         print(
             f"[bench] {name}: {row['users_per_s']:.1f} users/s, efficiency {row['efficiency']:.1%}",
             file=sys.stderr,
             flush=True,
         )
+    return rows, evaluation
+
+
+def run(
+    base: dict[str, Any],
+    out: Path,
+    *,
+    steps: int,
+    only: tuple[str, ...] = (),
+    site_users: int = 150,
+    federated: list[int] | None = None,
+) -> dict[str, Any]:
+    """Run every variant, the evaluation timing, a site round and the federated scale runs."""
+    gemm = gemm_flops()
+    rows, evaluation = measure_variants(base, steps, only, gemm)
     site = None
     if site_users > 0:
         print(f"[bench] one site round with {site_users} users ...", file=sys.stderr, flush=True)
@@ -286,12 +191,10 @@ def run(
             "cached_over_all_layers_speed": _ratio(by, "lora-cached-nodp", "lora-all-layers-nodp"),
             "ffa_over_lora_speed": _ratio(by, "ffa-cached-dp", "lora-cached-dp"),
         },
-        "evaluation": {"full_catalogue_s": eval_s, "users": eval_users},
+        "evaluation": evaluation,
         "site_round": site,
         "federated": fed,
-        "federated_peak_rss_ratio": (
-            mem[max(mem)] / mem[min(mem)] if len(mem) > 1 else None
-        ),
+        "federated_peak_rss_ratio": (mem[max(mem)] / mem[min(mem)] if len(mem) > 1 else None),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "config": base,
     }

@@ -8,7 +8,7 @@ Example::
 The schedule is the federated one with a single party holding every user: ``fed.rounds``
 passes of ``train.epochs`` epochs each, and with ``--epsilon`` finite, user-level DP-SGD whose
 noise is calibrated so that the popularity prior plus all passes end at that epsilon. Plan,
-ledger and seeds are a site's (`client.site.train_round`): noise from OS entropy unless
+ledger and seeds are a site's (`client.site_round.train_round`): noise from OS entropy unless
 ``dp.reproducible-noise``.
 """
 
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from client.site import Site, data_fingerprint, dp_plan, train_round
+from client.site import Site, data_fingerprint
+from client.site_round import dp_plan, train_round
 from common.config.base import ConfigError
 from common.config.parse import parse_config, parse_overrides
 from common.config.run import RunConfig
@@ -41,6 +42,7 @@ from common.privacy.accounting import PrivacyError
 from common.privacy.policy import SitePolicy
 from common.privacy.report import privacy_report
 from common.replies import Decline, TrainReply
+from common.run_result import RunResult, load_run
 from common.task import setup
 from simulations import cli
 
@@ -106,14 +108,14 @@ def local_round(
     return reply
 
 
-def run(cfg: RunConfig, out: Path, *, which: str = "test") -> dict[str, Any]:
-    """Train centrally, evaluate model and baselines on the `which` item, write results.json.
+def run(cfg: RunConfig, out: Path, *, which: str = "test") -> RunResult:
+    """Train centrally, evaluate model and baselines on the `which` item; results.json, read back.
 
     ``which = "valid"`` scores the validation item instead of the test item (for choosing
     hyper-parameters without reading the test item).
 
     The federated schedule with one party holding every user: the same local round as a
-    site's (`client.site.train_round`: its DP plan, ledger, seeds and prior), ``fed.rounds``
+    site's (`client.site_round.train_round`: its DP plan, ledger, seeds and prior), ``fed.rounds``
     times, after the prior round when ``model.prior`` is set. A DP run also reports the DP
     baselines (`common.evaluation.baseline_runs.dp_baselines_for`) at the model's epsilon and delta.
     """
@@ -166,7 +168,7 @@ def run(cfg: RunConfig, out: Path, *, which: str = "test") -> dict[str, Any]:
     digest = catalogue_digest(corpus.data.item_ids, corpus.data.item_texts)
     write_adapter(model, out / "adapter", data=cfg.data, catalogue=digest)
     write_json_atomic(out / "results.json", results)
-    return results
+    return load_run(out / "results.json")
 
 
 def _passes(site: Site) -> tuple[list[dict[str, float]], list[dict[str, Any]], float, int]:
@@ -259,11 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         res = run(cfg, args.out, which=args.eval)
     except (ConfigError, DataError, PrivacyError, ValueError) as exc:
         return cli.bad_input(exc)
-    m, b = res["metrics"], res["baselines"]["most-popular"]
+    m, b = res.metrics, res.baselines["most-popular"]
     print(
         f"[{args.eval}] HR@10 {m['hr@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}  (most-popular HR@10 "
-        f"{b['hr@10']:.4f}; EASE {res['baselines']['ease']['hr@10']:.4f})  epsilon "
-        f"{res['privacy']['epsilon']:.3g}  -> {args.out / 'results.json'}"
+        f"{b['hr@10']:.4f}; EASE {res.baselines['ease']['hr@10']:.4f})  epsilon "
+        f"{res.privacy.epsilon:.3g}  -> {args.out / 'results.json'}"
     )
     return 0
 

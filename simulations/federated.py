@@ -30,6 +30,8 @@ from common.config.base import ConfigError
 from common.config.parse import parse_config, parse_overrides
 from common.config.run import RunConfig
 from common.data.download import resolve_data_dir
+from common.io import clean_json
+from common.run_result import RunResult, load_run
 from common.task import load_corpus
 from simulations import cli
 from simulations.procs import free_ports, port_busy, process_table
@@ -108,8 +110,8 @@ def run_status(env: dict[str, str]) -> dict[str, Any] | None:
 
 def run(
     overrides: dict[str, Any], out: Path, *, num_supernodes: int | None = None, quiet: bool = False
-) -> dict[str, Any]:
-    """Run the app with `overrides` into `out`; return results.json (raises on failure)."""
+) -> RunResult:
+    """Run the app with `overrides` into `out`; return its results.json (raises on failure)."""
     out = out.resolve()
     overrides = {**overrides, "fed.out-dir": str(out)}
     cfg = parse_config(overrides)  # validate before starting anything
@@ -182,7 +184,7 @@ def run(
     res.setdefault("timing", {})["flwr_run_s"] = time.time() - t0
     res["flwr_status"] = status
     results_f.write_text(json.dumps(res, indent=1))
-    return res
+    return load_run(results_f)
 
 
 def with_data_dir(overrides: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
@@ -223,10 +225,10 @@ def run_seeds(
         runs.append(
             {
                 "seed": seed,
-                "status": res["status"],
-                **{k: float(res["metrics"][k]) for k in SEED_METRICS if k in res["metrics"]},
-                "epsilon": res["privacy"].get("epsilon"),
-                "flwr_run_s": res["timing"]["flwr_run_s"],
+                "status": res.status,
+                **{k: float(res.metrics[k]) for k in SEED_METRICS if k in res.metrics},
+                "epsilon": clean_json(res.privacy.epsilon),  # as results.json writes it
+                "flwr_run_s": res.timing["flwr_run_s"],
             }
         )
     summary: dict[str, Any] = {"overrides": overrides, "runs": runs}
@@ -283,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         res = run(over, args.out, num_supernodes=args.num_supernodes)
     except (ConfigError, RuntimeError, ValueError) as exc:
         return cli.bad_input(exc)
-    m = res["metrics"]
-    base = res.get("baselines", {}).get("most-popular", {})
+    m = res.metrics
+    base = res.baselines.get("most-popular", {})
     print(
-        f"{res['status']}: HR@10 {m.get('hr@10', float('nan')):.4f} NDCG@10 "
+        f"{res.status}: HR@10 {m.get('hr@10', float('nan')):.4f} NDCG@10 "
         f"{m.get('ndcg@10', float('nan')):.4f} (most-popular {base.get('hr@10', float('nan')):.4f})"
-        f"; epsilon {res['privacy']['epsilon']}; {res['timing']['flwr_run_s']:.0f}s -> "
+        f"; epsilon {res.privacy.epsilon}; {res.timing['flwr_run_s']:.0f}s -> "
         f"{args.out / 'results.json'}"
     )
     return 0

@@ -37,7 +37,7 @@ from simulations.report_sections import (  # noqa: E402
     section_scale,
     section_table,
 )
-from simulations.sweep import read_rows  # noqa: E402
+from simulations.sweep_rows import read_rows  # noqa: E402
 
 METRICS = ("hr@10", "ndcg@10")
 

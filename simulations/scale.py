@@ -17,7 +17,6 @@ from typing import Any
 
 from common.config.base import ConfigError
 from common.config.parse import parse_config
-from common.run_result import RunResult
 from simulations import federated
 from simulations.procs import process_table
 
@@ -138,7 +137,7 @@ def run_scale(overrides: dict[str, Any], out: Path) -> dict[str, Any]:
     t0 = time.time()
     out = out.resolve()
     with TreeMonitor(out / ".flwr-home") as mon:
-        res = RunResult.of(federated.run(overrides, out, quiet=True), str(out / "results.json"))
+        res = federated.run(overrides, out, quiet=True)
     hist = res.history
     per_round = [float(h["wall_s"]) for h in hist]
     cfg = parse_config(overrides)

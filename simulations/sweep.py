@@ -18,189 +18,21 @@ points whose id (a hash of their overrides) already has a completed row are skip
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
-import math
-import os
 import subprocess
 import sys
 import time
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.config.base import ConfigError
-from common.config.parse import load_defaults, parse_config, parse_overrides
+from common.config.parse import parse_overrides
 from common.io import clean_json
 from common.run_result import RunResult, load_run
 from simulations import cli, federated
-from simulations.fairness import cold_start, fairness
-from simulations.scale import run_scale, scale_overrides, split_scale_table
-
-PRESETS = Path(__file__).resolve().parent / "presets"
-TOP10 = ("hr@10", "ndcg@10")  # the per-round figures a row keeps
-TABLES = ("description", "base", "grid", "point", "central", "scale")
-
-
-@dataclass
-class Point:
-    """One run of the sweep: its id, settings (labels) and run-config overrides."""
-
-    id: str
-    kind: str  # "point" (federated), "central" or "scale"
-    overrides: dict[str, Any]
-    settings: list[str] = field(default_factory=list)
-
-
-def point_id(kind: str, overrides: dict[str, Any]) -> str:
-    """Short, stable hash of a point's kind and overrides."""
-    text = json.dumps(clean_json({"kind": kind, **overrides}), sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def load_spec(name: str) -> dict[str, Any]:
-    """Read `presets/sweep-<name>.toml`; unknown top-level keys are errors."""
-    path = PRESETS / f"sweep-{name}.toml"
-    if not path.exists():
-        known = sorted(p.stem.removeprefix("sweep-") for p in PRESETS.glob("sweep-*.toml"))
-        raise ConfigError(f"unknown sweep preset {name!r}; known: {known}")
-    with open(path, "rb") as fh:
-        spec = tomllib.load(fh)
-    if bad := sorted(set(spec) - set(TABLES)):
-        raise ConfigError(f"{path.name}: unknown table(s) {bad}; allowed: {list(TABLES)}")
-    for key, values in spec.get("grid", {}).items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{path.name}: grid key {key!r} needs a non-empty list")
-    return spec
-
-
-def _normalise(over: dict[str, Any]) -> dict[str, Any]:
-    """Epsilon inf means no DP: map any DP mode to ``none`` (the config rejects local + inf)."""
-    defaults = load_defaults()
-    eps = float(over.get("dp.epsilon", defaults["dp.epsilon"]))
-    if math.isinf(eps) and over.get("dp.mode", defaults["dp.mode"]) != "none":
-        over = {**over, "dp.mode": "none"}
-    return over
-
-
-def plan(spec: dict[str, Any], extra: dict[str, Any]) -> list[Point]:
-    """Expand base x points x grid into validated points (identical overrides merged)."""
-    grid = spec.get("grid", {})
-    named = spec.get("point") or [{"name": ""}]
-    points: dict[str, Point] = {}
-    for entry in named:
-        entry = dict(entry)
-        name = str(entry.pop("name", ""))
-        local_grid = {**grid, **entry.pop("grid", {})}
-        keys = list(local_grid)
-        for combo in itertools.product(*(local_grid[k] for k in keys)):
-            over = _normalise(
-                {**spec.get("base", {}), **entry, **dict(zip(keys, combo, strict=True)), **extra}
-            )
-            parse_config(over)  # validate every point before anything runs
-            setting = name or _setting_name(over)
-            pid = point_id("point", over)
-            pt = points.setdefault(pid, Point(pid, "point", over))
-            if setting not in pt.settings:
-                pt.settings.append(setting)
-    return list(points.values())
-
-
-def _setting_name(over: dict[str, Any]) -> str:
-    cfg = parse_config(over)
-    where = "users" if cfg.data.partitioning == "user" else f"{cfg.data.num_sites}-sites"
-    return f"{cfg.data.partitioning}-{where}"
-
-
-def plan_central(spec: dict[str, Any], points: list[Point], extra: dict[str, Any]) -> list[Point]:
-    """Central rows: once per data set of the points x epsilon (inf + the points' DP epsilons)."""
-    table = dict(spec.get("central", {}))
-    if table.pop("enabled", True) is False:
-        return []
-    eps = table.pop("epsilons", None)
-    if eps is None:
-        cfgs = [parse_config(p.overrides).dp for p in points]
-        eps = {math.inf} | {dp.epsilon for dp in cfgs if dp.mode != "none"}
-    data_keys = ("data.dataset", "data.dir", "data.synthetic-users", "data.synthetic-items")
-    datasets = {
-        json.dumps({k: p.overrides[k] for k in data_keys if k in p.overrides}, sort_keys=True)
-        for p in points
-    }
-    out = []
-    for data in sorted(datasets):
-        for e in sorted(float(x) for x in eps):
-            over = {**spec.get("base", {}), **json.loads(data), **table, **extra}
-            over.update({"dp.mode": "none" if math.isinf(e) else "local", "dp.epsilon": e})
-            parse_config(over)
-            out.append(Point(point_id("central", over), "central", over, ["central"]))
-    return out
-
-
-# ------------------------------------------------------------------ results.jsonl
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a results.jsonl; a bad line is an error naming it (a torn last line is skipped)."""
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if n == len(lines):
-                print(f"warning: {path} line {n} is incomplete; ignored", file=sys.stderr)
-                continue
-            raise ValueError(f"{path} line {n}: not JSON ({exc})") from exc
-    return rows
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(clean_json(row)) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def make_row(pt: Point, results: RunResult, wall_s: float) -> dict[str, Any]:
-    """The results.jsonl row of a finished point: config, metrics, privacy, fairness, timing."""
-    from common.task import load_corpus
-
-    cfg = parse_config(pt.overrides)
-    corpus = load_corpus(cfg.data)
-    per_client = results.last_eval().get("per_client")
-    return {
-        "id": pt.id,
-        "kind": pt.kind,
-        "setting": pt.settings[0] if pt.settings else pt.kind,
-        "settings": pt.settings,
-        "status": "completed" if results.completed else "stopped",
-        "run_status": results.status,
-        "dataset": cfg.data.dataset,
-        "overrides": pt.overrides,
-        "epsilon_target": cfg.dp.epsilon if cfg.dp.mode != "none" else math.inf,
-        "metrics": results.metrics,
-        "baselines": results.baselines,
-        "privacy": results.privacy.summary(),
-        "fairness": fairness(results, corpus),
-        "cold_start": cold_start(results, corpus, seed=cfg.train.seed),
-        "rounds": [
-            {k: h.get(k) for k in ("round", "wall_s")} | {k: h["eval"].get(k) for k in TOP10}
-            for h in results.evaluated_rounds()
-        ],
-        "per_client": {k: per_client[k] for k in TOP10} if per_client else None,
-        "timing": {**results.timing, "sweep_wall_s": wall_s},
-        "communication": results.communication,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-
+from simulations.scale import run_scale
+from simulations.sweep_plan import Point, load_spec, plan, plan_central, plan_scale
+from simulations.sweep_rows import append_row, make_row, read_rows
 
 # ------------------------------------------------------------------ running
 
@@ -228,7 +60,7 @@ def run_central(over: dict[str, Any], out: Path) -> RunResult:
 
 def _attempt(pt: Point, out: Path, t0: float) -> dict[str, Any]:
     if pt.kind == "central":
-        central = RunResult.of(run_central(pt.overrides, out / "central" / pt.id))
+        central = run_central(pt.overrides, out / "central" / pt.id)
         return make_row(pt, central, time.time() - t0)
     if pt.kind == "scale":
         return {
@@ -239,7 +71,7 @@ def _attempt(pt: Point, out: Path, t0: float) -> dict[str, Any]:
             **run_scale(pt.overrides, out / "scale" / pt.id),
         }
     where = out / "points" / pt.id
-    run = RunResult.of(federated.run(pt.overrides, where, quiet=True), str(where / "results.json"))
+    run = federated.run(pt.overrides, where, quiet=True)
     return make_row(pt, run, time.time() - t0)
 
 
@@ -265,16 +97,6 @@ def run_one(pt: Point, out: Path, *, log: Any = None) -> dict[str, Any]:
             "overrides": pt.overrides,
             "timing": {"sweep_wall_s": time.time() - t0},
         }
-
-
-# ------------------------------------------------------------------ scale
-
-
-def plan_scale(spec: dict[str, Any], n_clients: int, extra: dict[str, Any]) -> Point:
-    """The ``--scale N`` point: N synthetic single-user clients, ``clients-per-round`` sampled."""
-    table, per_round = split_scale_table(spec.get("scale", {}))
-    over = scale_overrides(table, n_clients, extra, per_round=per_round)
-    return Point(point_id("scale", over), "scale", over, ["scale"])
 
 
 # ------------------------------------------------------------------ the loop

@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import sys
@@ -29,6 +28,7 @@ from common.config.run import RunConfig
 from common.data.interactions import DataError
 from common.io import clean_json, write_json_atomic
 from common.privacy.accounting import PrivacyError
+from common.run_result import RunResult, load_run
 from simulations import cli
 from simulations.centralized import run as central_run
 
@@ -51,12 +51,12 @@ def point_config(base: dict[str, Any], users: int, epsilon: float, seed: int) ->
     return parse_config(over)
 
 
-def run_point(cfg: RunConfig, out: Path) -> dict[str, Any]:
-    """One point's figures; reads a finished run back instead of re-running it."""
+def run_point(cfg: RunConfig, out: Path) -> RunResult:
+    """One point's results; reads a finished run back instead of re-running it."""
     done = out / "results.json"
     if done.exists():
-        res = json.loads(done.read_text())
-        if res.get("config") == clean_json(cfg.flat()):
+        res = load_run(done)
+        if res.config == clean_json(cfg.flat()):
             return res
     return central_run(cfg, out)
 
@@ -146,12 +146,12 @@ def study(
             "users": users,
             "epsilon": eps,
             "seed": seed,
-            "hr@10": res["metrics"]["hr@10"],
-            "ndcg@10": res["metrics"]["ndcg@10"],
-            "most-popular hr@10": res["baselines"]["most-popular"]["hr@10"],
-            "epsilon_spent": float(res["privacy"]["epsilon"]),  # "inf" when read back
-            "delta": res["privacy"].get("delta"),
-            "wall_s": res["timing"]["wall_s"],
+            "hr@10": res.metrics["hr@10"],
+            "ndcg@10": res.metrics["ndcg@10"],
+            "most-popular hr@10": res.baselines["most-popular"]["hr@10"],
+            "epsilon_spent": res.privacy.epsilon,
+            "delta": res.privacy.delta,
+            "wall_s": res.timing["wall_s"],
         }
         rows.append(row)
         print(

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from common.data.download import resolve_data_dir
-from common.data.generic import Layout, load_layout
+from common.data.generic import load_layout
 from common.data.interactions import DataError, Interactions, item_text
+from common.data.layout import Layout
 from common.data.synthetic import generate
 from common.data.tables import Table
 

@@ -56,29 +56,29 @@ def test_two_rounds_of_local_dp_end_to_end(
     out = tmp_path / "run"
     res = run(overrides, out, num_supernodes=2, quiet=True)
 
-    assert res["status"] == "completed"
-    assert res["flwr_status"]["status"] == "finished:completed"
-    assert res["flwr_status"]["fab-name"] == "fedrec"
+    assert res.status == "completed"
+    assert res.flwr_status["status"] == "finished:completed"
+    assert res.flwr_status["fab-name"] == "fedrec"
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["status"] == "completed"
     assert on_disk["config"]["fed.out-dir"] == str(out.resolve())
 
-    history = res["history"]
+    history = res.history
     assert [h["round"] for h in history] == [0, 1, 2]  # round 0: the DP popularity prior
     for row in history:
         assert row["n_aggregated"] == 2
         assert all("dropped" not in c for c in row["clients"])
         assert row["eval"]["n_users"] == 60
-    metrics = res["metrics"]
+    metrics = res.metrics
     for key in ("hr@10", "ndcg@10", "mrr", "sampled_hr@10", "sampled_ndcg@10"):
         assert 0.0 <= metrics[key] <= 1.0, key
 
-    privacy = res["privacy"]
+    privacy = res.privacy.to_json()
     assert privacy["mode"] == "local"
     assert 0 < privacy["epsilon"] <= privacy["target_epsilon"] == 8.0
     assert len(privacy["per_client_epsilon"]) == 2
     for name in ("dp-popularity", "dp-ease"):  # the server's DP baselines, at the run's budget
-        dp_base = res["baselines"][name]
+        dp_base = res.baselines[name]
         assert dp_base["privacy"]["target_epsilon"] == pytest.approx(privacy["epsilon"])
         assert dp_base["privacy"]["epsilon"] <= privacy["epsilon"] * (1 + 1e-6)
         assert dp_base["privacy"]["delta"] == privacy["delta"]
@@ -122,19 +122,19 @@ def test_a_second_run_resumes_from_the_checkpoint(
     first = run(
         {**overrides, "dp.mode": "none", "fed.rounds": 1}, out, num_supernodes=2, quiet=True
     )
-    assert first["status"] == "completed"
-    assert [h["round"] for h in first["history"]] == [0, 1]
+    assert first.status == "completed"
+    assert [h["round"] for h in first.history] == [0, 1]
     assert _alive_with(str(out / ".flwr-home")) == []
 
     second = run(
         {**overrides, "dp.mode": "none", "fed.rounds": 2}, out, num_supernodes=2, quiet=True
     )
-    assert second["status"] == "completed"
-    assert second["flwr_status"]["status"] == "finished:completed"
-    assert second["flwr_status"]["run-id"] != first["flwr_status"]["run-id"]
-    assert [h["round"] for h in second["history"]] == [0, 1, 2]
+    assert second.status == "completed"
+    assert second.flwr_status["status"] == "finished:completed"
+    assert second.flwr_status["run-id"] != first.flwr_status["run-id"]
+    assert [h["round"] for h in second.history] == [0, 1, 2]
     # Rounds 0-1 came from the checkpoint, untouched: only round 2 ran the second time.
-    assert second["history"][:2] == first["history"]
-    assert second["history"][1]["wall_s"] == first["history"][1]["wall_s"]
-    assert second["config"]["fed.rounds"] == 2
+    assert second.history[:2] == first.history
+    assert second.history[1]["wall_s"] == first.history[1]["wall_s"]
+    assert second.config["fed.rounds"] == 2
     assert _alive_with(str(out / ".flwr-home")) == []

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from client.site import dp_plan, get_site
+from client.site import get_site
+from client.site_round import dp_plan
 from common.config.parse import parse_config
 from common.privacy.plan import DPPlan
 from simulations import bench, centralized
@@ -32,7 +33,7 @@ def test_central_run_plans_like_a_site_holding_every_user(
     plan = dp_plan(site)
     assert plan is not None and plan.prior_sigma > 0 and plan.eval_sigma == 0
     res = centralized.run(parse_config(rc), tmp_path / "central")
-    p = res["privacy"]
+    p = res.privacy.to_json()
     assert p["noise_multiplier"] == plan.sigma
     assert p["prior_noise_multiplier"] == plan.prior_sigma
     assert p["sample_rate"] == plan.sample_rate

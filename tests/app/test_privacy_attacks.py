@@ -67,7 +67,7 @@ def test_server_cannot_strip_the_histogram_noise(
     """
     rc = {**run_config, "dp.reproducible-noise": reproducible}
     released, site = _prior_release(rc, fresh_state())
-    from client.site import dp_plan
+    from client.site_round import dp_plan
 
     plan = dp_plan(site)
     assert plan is not None and plan.prior_sigma > 0

@@ -25,7 +25,8 @@ from common import records as R
 from common.config.dp import MEAN_STRATEGIES
 from common.config.run import RunConfig
 from common.privacy.accounting import default_delta
-from common.privacy.central import CentralLedger, central_epsilon, round_release
+from common.privacy.central import central_epsilon, round_release
+from common.privacy.central_ledger import CentralLedger
 from server.central_budget import CentralBudget
 from server.federation import central_sigma
 from server.strategies import STRATEGIES, clients_per_round, create_strategy, round_strategy

@@ -1,4 +1,4 @@
-"""common.privacy.central.CentralLedger: epsilon accumulated across runs, persisted safely."""
+"""common.privacy.central_ledger.CentralLedger: epsilon across runs, persisted safely."""
 
 from __future__ import annotations
 
@@ -20,13 +20,8 @@ from flwr.supercore.privacy_accounting import (
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from common.privacy.accounting import PrivacyError
-from common.privacy.central import (
-    CentralEntry,
-    CentralLedger,
-    Release,
-    central_epsilon,
-    composed_epsilon,
-)
+from common.privacy.central import Release, central_epsilon, composed_epsilon
+from common.privacy.central_ledger import CentralEntry, CentralLedger
 
 DELTA = 1e-5
 N = 100

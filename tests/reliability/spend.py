@@ -19,7 +19,8 @@ from common.privacy.ledger import Ledger
 
 def one_round(run_config: dict[str, Any], server_round: int) -> dict[str, Any]:
     """Run `server_round` at partition 0 of 2 in this (fresh) process."""
-    from client.site import get_site, initial_state, train_round
+    from client.site import get_site, initial_state
+    from client.site_round import train_round
 
     site = get_site(run_config, {"partition-id": 0, "num-partitions": 2})
     reply = train_round(

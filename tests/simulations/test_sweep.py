@@ -12,14 +12,15 @@ import pytest
 
 from common.config.base import ConfigError
 from common.config.parse import parse_config
+from common.run_result import RunResult
 from common.task import load_corpus
-from simulations import fairness, federated, report, sweep
+from simulations import fairness, federated, report, sweep, sweep_plan, sweep_rows
 
 EXTRA = {"model.backbone": "/nonexistent/tiny"}  # never loaded by the fast tests
 
 
 def fake_results(over: dict[str, Any], *, hr: float = 0.2) -> dict[str, Any]:
-    """A results.json as `federated.run` returns it, for the synthetic data of `over`."""
+    """A results.json as `federated.run` writes it, for the synthetic data of `over`."""
     cfg = parse_config(over)
     n = load_corpus(cfg.data).data.n_users
     users = list(range(n))
@@ -58,11 +59,11 @@ def fake_results(over: dict[str, Any], *, hr: float = 0.2) -> dict[str, Any]:
 
 
 @pytest.fixture
-def tiny_points() -> list[sweep.Point]:
-    return sweep.plan(sweep.load_spec("tiny"), dict(EXTRA))
+def tiny_points() -> list[sweep_plan.Point]:
+    return sweep_plan.plan(sweep_plan.load_spec("tiny"), dict(EXTRA))
 
 
-def test_plan_expands_the_grid_and_maps_inf_to_no_dp(tiny_points: list[sweep.Point]) -> None:
+def test_plan_expands_the_grid_and_maps_inf_to_no_dp(tiny_points: list[sweep_plan.Point]) -> None:
     assert len(tiny_points) == 2
     by_eps = {p.overrides["dp.epsilon"]: p for p in tiny_points}
     assert by_eps[math.inf].overrides["dp.mode"] == "none"
@@ -70,7 +71,7 @@ def test_plan_expands_the_grid_and_maps_inf_to_no_dp(tiny_points: list[sweep.Poi
     assert len({p.id for p in tiny_points}) == 2
     assert all(p.settings == ["local-dp-2-sites"] for p in tiny_points)
     assert all(p.overrides["model.backbone"] == EXTRA["model.backbone"] for p in tiny_points)
-    central = sweep.plan_central(sweep.load_spec("tiny"), tiny_points, dict(EXTRA))
+    central = sweep_plan.plan_central(sweep_plan.load_spec("tiny"), tiny_points, dict(EXTRA))
     assert [c.overrides["dp.mode"] for c in central] == ["none"]
 
 
@@ -80,41 +81,45 @@ def test_identical_points_are_merged_and_bad_keys_rejected() -> None:
         "base": {"data.dataset": "synthetic"},
         "point": [{"name": "a", "dp.mode": "local"}, {"name": "b", "dp.mode": "central"}],
     }
-    (pt,) = sweep.plan(spec, {})  # both collapse to dp.mode = none
+    (pt,) = sweep_plan.plan(spec, {})  # both collapse to dp.mode = none
     assert pt.settings == ["a", "b"]
     with pytest.raises(ConfigError, match="no.such"):
-        sweep.plan({"grid": {"no.such": [1]}}, {})
+        sweep_plan.plan({"grid": {"no.such": [1]}}, {})
 
 
 def test_scale_point(tmp_path: Path) -> None:
-    pt = sweep.plan_scale(sweep.load_spec("tiny"), 500, {})
+    pt = sweep_plan.plan_scale(sweep_plan.load_spec("tiny"), 500, {})
     assert pt.kind == "scale" and pt.overrides["data.partitioning"] == "user"
     assert pt.overrides["fed.fraction-train"] == pytest.approx(10 / 500)
     with pytest.raises(ConfigError, match="synthetic"):
-        sweep.plan_scale({"scale": {"data.dataset": "ml-100k"}}, 100, {})
+        sweep_plan.plan_scale({"scale": {"data.dataset": "ml-100k"}}, 100, {})
 
 
 def test_rerun_skips_finished_points_and_a_failure_is_recorded(
-    tmp_path: Path, tiny_points: list[sweep.Point], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_points: list[sweep_plan.Point], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
     bad_id = tiny_points[1].id
 
-    def fake_run(over: dict[str, Any], out: Path, **_: Any) -> dict[str, Any]:
+    def fake_run(over: dict[str, Any], out: Path, **_: Any) -> RunResult:
         calls.append(out.name)
         if out.name == bad_id and len(calls) < 3:
             raise RuntimeError("flwr run failed (exit 1)")
-        return fake_results(over)
+        return RunResult.from_json(fake_results(over), str(out / "results.json"))
 
     monkeypatch.setattr(federated, "run", fake_run)
-    monkeypatch.setattr(sweep, "run_central", lambda over, out: fake_results(over, hr=0.3))
-    central = sweep.plan_central(sweep.load_spec("tiny"), tiny_points, dict(EXTRA))
+
+    def fake_central(over: dict[str, Any], out: Path) -> RunResult:
+        return RunResult.from_json(fake_results(over, hr=0.3), str(out / "results.json"))
+
+    monkeypatch.setattr(sweep, "run_central", fake_central)
+    central = sweep_plan.plan_central(sweep_plan.load_spec("tiny"), tiny_points, dict(EXTRA))
     points = tiny_points + central
     rows = sweep.run_sweep(points, tmp_path, log=lambda _: None)
     assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
     assert "flwr run failed" in rows[1]["error"]
     assert rows[2]["kind"] == "central" and rows[2]["setting"] == "central"
-    assert len(sweep.read_rows(tmp_path / "results.jsonl")) == 3
+    assert len(sweep_rows.read_rows(tmp_path / "results.jsonl")) == 3
     # second invocation: only the failed point runs again
     rows = sweep.run_sweep(points, tmp_path, log=lambda _: None)
     assert [r["id"] for r in rows] == [bad_id]
@@ -122,7 +127,7 @@ def test_rerun_skips_finished_points_and_a_failure_is_recorded(
     # third invocation: nothing new
     assert sweep.run_sweep(points, tmp_path, log=lambda _: None) == []
     assert len(calls) == 3
-    row = sweep.read_rows(tmp_path / "results.jsonl")[0]
+    row = sweep_rows.read_rows(tmp_path / "results.jsonl")[0]
     assert row["privacy"]["unit"] == "user" and row["privacy"]["trust_model"]
     assert row["fairness"]["per_client"]["hr@10"]["worst10"] == pytest.approx(0.1)
     assert set(row["fairness"]["activity"]["groups"]) == {"top20", "rest"}
@@ -133,10 +138,10 @@ def test_rerun_skips_finished_points_and_a_failure_is_recorded(
 def test_torn_last_line_is_ignored_but_a_bad_middle_line_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     path.write_text('{"id": "a"}\n{"id": "b", "sta')
-    assert [r["id"] for r in sweep.read_rows(path)] == ["a"]
+    assert [r["id"] for r in sweep_rows.read_rows(path)] == ["a"]
     path.write_text('{"id": "a"}\nnot json\n{"id": "c"}\n')
     with pytest.raises(ValueError, match="line 2"):
-        sweep.read_rows(path)
+        sweep_rows.read_rows(path)
 
 
 def test_activity_groups_and_age_bands() -> None:
@@ -156,7 +161,7 @@ def test_group_table_gap_by_hand() -> None:
 
 
 def test_cold_start_counts_cold_users_and_most_popular_scores_zero(
-    tiny_points: list[sweep.Point],
+    tiny_points: list[sweep_plan.Point],
 ) -> None:
     over = tiny_points[0].overrides
     corpus = load_corpus(parse_config(over).data)
@@ -237,7 +242,7 @@ def test_tiny_preset_end_to_end(tmp_path: Path, tiny_backbone: Path, cache_dir: 
     over = f'model.backbone="{tiny_backbone}" model.cache-dir="{cache_dir}"'
     argv = ["--preset", "tiny", "--out", str(tmp_path), "--run-config", over]
     assert sweep.main(argv) == 0
-    rows = sweep.read_rows(tmp_path / "results.jsonl")
+    rows = sweep_rows.read_rows(tmp_path / "results.jsonl")
     assert [r["kind"] for r in rows] == ["point", "point", "central"]
     assert all(r["status"] == "completed" for r in rows), rows
     dp = next(r for r in rows if r["privacy"]["mode"] == "local")
@@ -252,7 +257,7 @@ def test_tiny_preset_end_to_end(tmp_path: Path, tiny_backbone: Path, cache_dir: 
         assert prof == sorted(prof, reverse=True) and prof[-1] >= 1
         assert len(prof) == round(row["metrics"]["coverage@10"] * 80)  # 80 synthetic items
     assert sweep.main(argv) == 0  # re-run: nothing new
-    assert len(sweep.read_rows(tmp_path / "results.jsonl")) == 3
+    assert len(sweep_rows.read_rows(tmp_path / "results.jsonl")) == 3
     assert report.main([str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     assert report.VIOLATION not in md and "## Cold start" in md
