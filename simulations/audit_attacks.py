@@ -10,7 +10,8 @@ import torch
 
 from common.config.run import RunConfig
 from common.evaluation.evaluate import ScoreFn, model_score_fn
-from common.model.towers import RecModel, load_adapter
+from common.model.adapter import load_adapter
+from common.model.towers import RecModel
 from common.privacy import audit as A
 from common.privacy import audit_bounds as B
 from common.privacy.canary import make_canaries

@@ -168,7 +168,7 @@ def _text_only_cold(
     from common.config.parse import parse_config
     from common.evaluation.baseline_runs import evaluator_for
     from common.evaluation.evaluate import evaluate_scores, model_score_fn
-    from common.model.towers import load_adapter
+    from common.model.adapter import load_adapter
     from common.task import device, load_catalogue
 
     conf = results.config

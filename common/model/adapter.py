@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+
 from common.config.base import ConfigError
 from common.config.data import DataConfig
 from common.config.model import LoraConfig, ModelConfig
 from common.model.backbone import BUNDLED_ID, backbone_digest, portable_backbone
-from common.model.towers import RecModel, load_adapter, save_adapter
+from common.model.towers import COOC_KEY, HEAD_FILE, PRIOR_KEY, RecModel, trainable_state
 
 META_FILE = "fedrec.json"
 FORMAT = 1
@@ -176,3 +181,55 @@ def open_adapter(
         cfg, folder, n_items=info.n_items, history_len=info.history_len, device=device
     )
     return model.eval(), info
+
+
+def save_adapter(model: RecModel, folder: str | Path) -> Path:
+    """Save the adapter in PEFT's format (`save_pretrained`) plus the head beside it.
+
+    `adapter_config.json` (and PEFT's model card) name the backbone by `portable_backbone`,
+    never by a local absolute path; `load_adapter` ignores that name and uses `cfg.backbone`.
+    """
+    folder = Path(folder)
+    model.bert.save_pretrained(str(folder))
+    _portable_names(folder, model.bert.peft_config["default"].base_model_name_or_path,
+                    portable_backbone(model.cfg.backbone))  # fmt: skip
+    head = {
+        k: torch.from_numpy(np.array(v))
+        for k, v in trainable_state(model).items()
+        if not k.startswith("lora.")
+    }
+    save_file(head, str(folder / HEAD_FILE))
+    return folder
+
+
+def _portable_names(folder: Path, local: str | None, portable: str) -> None:
+    """Replace the backbone's local path PEFT wrote (config and model card) by `portable`."""
+    config = folder / "adapter_config.json"
+    meta = json.loads(config.read_text())
+    meta["base_model_name_or_path"] = portable
+    config.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    card = folder / "README.md"
+    if local and card.exists():
+        card.write_text(card.read_text().replace(str(local), portable))
+
+
+def load_adapter(
+    cfg: ModelConfig, folder: str | Path, *, n_items: int, history_len: int, device: str = "cpu"
+) -> RecModel:
+    """Rebuild a model and load an adapter saved by `save_adapter` (via `PeftModel`)."""
+    folder = Path(folder)
+    model = RecModel(cfg, n_items=n_items, history_len=history_len, device=device)
+    base = model.bert.get_base_model()
+    loaded = PeftModel.from_pretrained(base, str(folder), is_trainable=True).to(device)
+    model.bert = loaded
+    head = load_file(str(folder / HEAD_FILE))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in head.items():
+            if k == PRIOR_KEY:
+                model.prior.copy_(v)
+            elif k == COOC_KEY and model.cooc is not None:
+                model.cooc.copy_(v)
+            else:
+                params[k[5:]].copy_(v)
+    return model

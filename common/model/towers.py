@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from common.config.model import ModelConfig
-from common.model.backbone import additive_mask, load_backbone, portable_backbone
+from common.model.backbone import additive_mask, load_backbone
 from common.model.catalogue import Catalogue, mean_pool
 from common.privacy.cooc import ease_table, history_scores
 from common.privacy.prior import prior_scores
@@ -342,55 +339,3 @@ def load_trainable_state(model: RecModel, state: dict[str, np.ndarray]) -> None:
         model.prior.copy_(torch.from_numpy(np.array(state[PRIOR_KEY])))
         if model.cooc is not None:
             model.cooc.copy_(torch.from_numpy(np.array(state[COOC_KEY])))
-
-
-def save_adapter(model: RecModel, folder: str | Path) -> Path:
-    """Save the adapter in PEFT's format (`save_pretrained`) plus the head beside it.
-
-    `adapter_config.json` (and PEFT's model card) name the backbone by `portable_backbone`,
-    never by a local absolute path; `load_adapter` ignores that name and uses `cfg.backbone`.
-    """
-    folder = Path(folder)
-    model.bert.save_pretrained(str(folder))
-    _portable_names(folder, model.bert.peft_config["default"].base_model_name_or_path,
-                    portable_backbone(model.cfg.backbone))  # fmt: skip
-    head = {
-        k: torch.from_numpy(np.array(v))
-        for k, v in trainable_state(model).items()
-        if not k.startswith("lora.")
-    }
-    save_file(head, str(folder / HEAD_FILE))
-    return folder
-
-
-def _portable_names(folder: Path, local: str | None, portable: str) -> None:
-    """Replace the backbone's local path PEFT wrote (config and model card) by `portable`."""
-    config = folder / "adapter_config.json"
-    meta = json.loads(config.read_text())
-    meta["base_model_name_or_path"] = portable
-    config.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    card = folder / "README.md"
-    if local and card.exists():
-        card.write_text(card.read_text().replace(str(local), portable))
-
-
-def load_adapter(
-    cfg: ModelConfig, folder: str | Path, *, n_items: int, history_len: int, device: str = "cpu"
-) -> RecModel:
-    """Rebuild a model and load an adapter saved by `save_adapter` (via `PeftModel`)."""
-    folder = Path(folder)
-    model = RecModel(cfg, n_items=n_items, history_len=history_len, device=device)
-    base = model.bert.get_base_model()
-    loaded = PeftModel.from_pretrained(base, str(folder), is_trainable=True).to(device)
-    model.bert = loaded
-    head = load_file(str(folder / HEAD_FILE))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in head.items():
-            if k == PRIOR_KEY:
-                model.prior.copy_(v)
-            elif k == COOC_KEY and model.cooc is not None:
-                model.cooc.copy_(v)
-            else:
-                params[k[5:]].copy_(v)
-    return model

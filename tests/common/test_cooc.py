@@ -17,9 +17,10 @@ from test_head_objective import examples_of, subset, trainable
 from common.config.base import ConfigError
 from common.config.run import RunConfig
 from common.evaluation.evaluate import model_score_fn
+from common.model.adapter import load_adapter, save_adapter
 from common.model.catalogue import Catalogue
 from common.model.objective import example_losses, text_cache, user_weights
-from common.model.towers import COOC_KEY, RecModel, load_adapter, save_adapter, trainable_state
+from common.model.towers import COOC_KEY, RecModel, trainable_state
 from common.model.train import LocalData, regroup_grad_samples
 from common.privacy.accounting import ZERO_NOISE_ENV, PrivacyError, epsilon_of
 from common.privacy.cooc import head_items, local_cooc, normalised_gram

@@ -14,6 +14,7 @@ from opacus import GradSampleModule
 from common.config.base import ConfigError
 from common.config.run import RunConfig
 from common.evaluation.evaluate import model_score_fn
+from common.model.adapter import load_adapter, save_adapter
 from common.model.catalogue import Catalogue
 from common.model.objective import (
     Examples,
@@ -23,7 +24,7 @@ from common.model.objective import (
     text_cache,
     user_weights,
 )
-from common.model.towers import RecModel, load_adapter, save_adapter, trainable_state
+from common.model.towers import RecModel, trainable_state
 from common.model.train import LocalData, regroup_grad_samples, train
 from common.privacy.plan import DPPlan
 

@@ -13,16 +13,10 @@ from peft import PeftModel
 from torch import nn
 
 from common.config.run import RunConfig
+from common.model.adapter import load_adapter, save_adapter
 from common.model.backbone import load_backbone, make_tiny_backbone
 from common.model.catalogue import Catalogue, build_catalogue, mean_pool
-from common.model.towers import (
-    PRIOR_KEY,
-    RecModel,
-    load_adapter,
-    load_trainable_state,
-    save_adapter,
-    trainable_state,
-)
+from common.model.towers import PRIOR_KEY, RecModel, load_trainable_state, trainable_state
 from common.model.train import Batch, LocalData, make_batch
 from common.task import Corpus, load_catalogue
 
