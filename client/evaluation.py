@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from client.site import Site
-from client.site_round import dp_plan, eval_releases, round_seed
+from client.site_round import EVAL_STREAMS, dp_plan, eval_releases, round_seed
 from client.spending import load_reply, open_ledger, privacy_metrics, save_reply, spend
 from common import records as R
 from common.evaluation.evaluate import evaluate_scores, item_cache_path, model_score_fn
@@ -131,6 +131,8 @@ def _noised_round(
     site: Site, state: dict[str, np.ndarray], *, which: str, server_round: int, run_key: str
 ) -> EvalReply | Decline:
     """One accounted, noised evaluation release (re-sent, not re-spent, when redelivered)."""
+    if which not in EVAL_STREAMS:  # before any budget is spent
+        return Decline(f"{site.name}: unknown evaluation split {which!r} (valid or test)")
     try:
         plan = dp_plan(site)
     except PrivacyError as exc:
@@ -160,7 +162,7 @@ def _noised_round(
     ev = _evaluate(site, state, which)
     noisy = noisy_means(
         ev.per_user(), NOISED_METRICS, sigma=plan.eval_sigma,
-        seed=round_seed(site, server_round, stream=3),
+        seed=round_seed(site, server_round, stream=EVAL_STREAMS[which]),
     )  # fmt: skip
     count = noisy.pop(R.NUM_EXAMPLES)
     reply = EvalReply(noisy, count, privacy=privacy_metrics(site, plan, ledger, run_key),

@@ -19,6 +19,13 @@ from common.privacy.plan import DPPlan, Party, party_plan
 from common.replies import Decline, TrainReply, TrainStats
 from common.task import local_histogram
 
+# Noise streams of a site's releases within one round (`round_seed`): each release draws from
+# its own stream so that no two releases share noise under the reproducible switch (1: prior,
+# 2: DP-SGD, 3 / 5: noised test / validation evaluation in client/evaluation.py, 4: the
+# co-occurrence matrix).
+COOC_STREAM = 4
+EVAL_STREAMS = {"test": 3, "valid": 5}
+
 
 def eval_releases(site: Site) -> int:
     """Noised evaluation releases a site plans for a run: one per round (+ one after round 0)."""
@@ -161,7 +168,7 @@ def release_cooc(site: Site, plan: DPPlan | None, server_round: int) -> None:
     head = head_items(model.prior.detach().cpu().numpy(), int(cooc.shape[0]))
     gram = local_cooc(site.trainees.train, site.corpus.data.n_items, head,
                       sigma=plan.cooc_sigma if plan is not None else 0.0,
-                      seed=round_seed(site, server_round, stream=3))  # fmt: skip
+                      seed=round_seed(site, server_round, stream=COOC_STREAM))  # fmt: skip
     with torch.no_grad():
         cooc.copy_(torch.from_numpy(gram).float())
 

@@ -13,6 +13,7 @@ from flwr.serverapp.strategy import Strategy
 
 from common import records as R
 from common.config.run import RunConfig
+from common.model.towers import PUBLIC_KEYS
 from common.privacy.central import Release, add_noise
 from server.central_budget import CentralBudget
 from server.checks import SortedReplies, sort_replies
@@ -100,6 +101,10 @@ class CheckedReplies(Wrapper):
         new, metrics = self.strategy.aggregate_train(server_round, good)
         if new is None:
             self.stop_reason = f"stopped at round {server_round}: aggregation failed"
+            return new, metrics
+        for key in PUBLIC_KEYS:  # released in round 0: kept exactly, never averaged or noised
+            if key in self._state:
+                new[key] = Array(self._state[key])
         return new, metrics
 
 

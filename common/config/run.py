@@ -140,7 +140,10 @@ CONFIG_KEYS = section_keys()
 
 
 def check_dp_model(cfg: RunConfig) -> None:
-    """Refuse model/loss combinations whose per-user DP-SGD gradients would not fit in memory.
+    """Refuse model/DP combinations that cannot run as configured.
+
+    The co-occurrence release needs round 0 (not run under central DP) and budget left for
+    training.
 
     Opacus materialises an ID embedding's per-sample gradient densely ([samples, items, dim]);
     with every position of a user as its own example that is one copy per example.
@@ -151,6 +154,11 @@ def check_dp_model(cfg: RunConfig) -> None:
             "Opacus would materialise a [examples, items, id-dim] per-sample gradient"
         )
     dp = cfg.dp
+    if cfg.model.cooc_items and dp.mode == "central":
+        raise ConfigError(
+            "`model.cooc-items` > 0 needs dp.mode = 'local' or 'none': under central DP no "
+            "site releases the co-occurrence matrix (round 0 is skipped)"
+        )
     if cfg.model.cooc_items and dp.prior_share + dp.eval_share + dp.cooc_share >= 1.0:
         raise ConfigError(
             f"`dp.cooc-share` = {dp.cooc_share}: with model.cooc-items > 0, dp.prior-share + "

@@ -224,12 +224,19 @@ def load_adapter(
     model.bert = loaded
     head = load_file(str(folder / HEAD_FILE))
     params = dict(model.named_parameters())
+    if COOC_KEY in head and (model.cooc is None or model.cooc.shape != head[COOC_KEY].shape):
+        raise ConfigError(f"adapter {folder} carries a {tuple(head[COOC_KEY].shape)} "
+                          "co-occurrence matrix; the model config has model.cooc-items = "
+                          f"{cfg.cooc_items}")  # fmt: skip
     with torch.no_grad():
         for k, v in head.items():
             if k == PRIOR_KEY:
                 model.prior.copy_(v)
             elif k == COOC_KEY and model.cooc is not None:
                 model.cooc.copy_(v)
-            else:
+            elif k[5:] in params:
                 params[k[5:]].copy_(v)
+            else:
+                raise ConfigError(f"adapter {folder}: `{k}` in {HEAD_FILE} is not a parameter "
+                                  "of the configured model")  # fmt: skip
     return model

@@ -146,8 +146,10 @@ def example_losses(
     else:
         with torch.no_grad():
             items = model.item_vectors(cache, torch.arange(cat.n_items, device=dev))
-            add = model.public_scores(cooc)
+            add = model.public_scores()
         every = users @ items.T / model.cfg.temperature + add
+        if cooc is not None and model.cooc_weight is not None:  # per user: keeps its gradient
+            every = every + model.cooc_weight(cooc.unsqueeze(-1)).squeeze(-1)
     own = torch.where(tmask > 0, torch.full_like(pos, -torch.inf), every.gather(1, targets))
     rest = every.scatter(1, targets, own)  # the example's own targets leave the denominator
     return per_user_loss(torch.cat([pos, rest], dim=1), tmask)

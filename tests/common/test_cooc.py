@@ -234,3 +234,14 @@ def test_a_membership_attack_on_the_site_release_is_at_chance_only_with_noise(
     assert accuracy(1e-9) == 1.0
     sigma = gaussian_sigma_for(2.4, delta=1e-5)
     assert accuracy(sigma) < 0.75
+
+
+def test_an_adapter_with_a_matrix_needs_a_model_that_has_one(
+    make_cfg: Callable[..., RunConfig], make_model: Callable[..., RecModel],
+    local: LocalData, tmp_path: Path,
+) -> None:  # fmt: skip
+    model = _released(make_model(make_cfg(**COOC)), local)
+    save_adapter(model, tmp_path / "a")
+    plain = make_cfg().model
+    with pytest.raises(ConfigError, match="model.cooc-items = 0"):
+        load_adapter(plain, tmp_path / "a", n_items=model.prior.numel(), history_len=8)

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .inproc import federate
 
 
@@ -27,3 +29,30 @@ def test_sites_release_the_cooc_matrix_after_the_prior_and_spend_it(
     eps = [c["epsilon"] for c in results["history"][-1]["clients"] if "epsilon" in c]
     assert eps and max(eps) <= cfg["dp.epsilon"] * (1 + 1e-6)
     assert results["final_adapter"]  # the run delivered its adapter (with the summed matrix)
+
+
+def test_no_two_releases_of_a_site_share_a_noise_stream(
+    run_config: dict[str, Any], server_identity: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under the reproducible switch a (site, round, stream) triple fixes the noise: two
+    # releases on one triple would share noise (e.g. round 0's noised evaluation and the
+    # co-occurrence matrix), and one could be subtracted with the other.
+    import client.evaluation
+    import client.site_round
+
+    seen: list[tuple[str, int, int]] = []
+    real = client.site_round.round_seed
+
+    def record(site: Any, server_round: int, *, stream: int) -> int:
+        seen.append((site.name, server_round, stream))
+        return real(site, server_round, stream=stream)
+
+    monkeypatch.setattr(client.site_round, "round_seed", record)
+    monkeypatch.setattr(client.evaluation, "round_seed", record)
+    cfg = {**run_config, "fed.rounds": 1, "model.cooc-items": 20, "dp.reproducible-noise": True,
+           "fed.server-data": False}  # fmt: skip
+    results, _ = federate(cfg, ["", ""])
+    assert results["status"] == "completed"
+    round0 = [s for s in seen if s[1] == 0]
+    assert len({s[2] for s in round0}) >= 3  # prior, co-occurrence, evaluation
+    assert len(seen) == len(set(seen)), sorted(seen)
