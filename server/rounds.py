@@ -87,7 +87,8 @@ def prior_round(
         result.clients += rows
         result.n_aggregated = len(got.good)
         if not got.enough(cfg.fed.min_clients):
-            why = f"stopped at round 0 ({key}): {len(got.good)} usable replies of {got.sampled}"
+            step = "" if key == PRIOR_KEY else f" ({key} step)"
+            why = f"stopped at round 0{step}: {len(got.good)} usable replies of {got.sampled}"
             log.error("[fedrec] %s (fed.min-clients = %d)", why, cfg.fed.min_clients)
             return None, result, why
         log.info("[fedrec] round 0 (%s): summing %d of %d replies", key, len(got.good),
