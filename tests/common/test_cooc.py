@@ -3,7 +3,6 @@ its accounting, its noise, per-user gradients with it, the adapter and the serve
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -11,17 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from opacus import GradSampleModule
-from test_head_objective import examples_of, subset, trainable
+from test_head_objective import each_user_alone, examples_of, per_user_grad_samples, trainable
 
 from common.config.base import ConfigError
 from common.config.run import RunConfig
 from common.evaluation.evaluate import model_score_fn
 from common.model.adapter import load_adapter, save_adapter
 from common.model.catalogue import Catalogue
-from common.model.objective import example_losses, text_cache, user_weights
+from common.model.objective import text_cache
 from common.model.towers import COOC_KEY, RecModel, trainable_state
-from common.model.train import LocalData, regroup_grad_samples
+from common.model.train import LocalData
 from common.privacy.accounting import ZERO_NOISE_ENV, PrivacyError, epsilon_of
 from common.privacy.cooc import head_items, local_cooc, normalised_gram
 from common.privacy.plan import plan_dp
@@ -119,18 +117,8 @@ def test_per_user_grad_samples_with_the_cooc_term_equal_each_user_alone(
     rows = local.trainable()[[0, 4, 9]]
     ex = examples_of(cfg, local, rows, neg=3 if loss == "sampled" else 0)
     kw = dict(cache=text_cache(model, catalogue), log_q=None, live_catalogue=False)
-    expected = []
-    for u in range(3):
-        ref = copy.deepcopy(model)
-        params = trainable(ref)
-        one = example_losses(ref, subset(ex, ex.owner == u), catalogue, cfg.train, **kw).mean()
-        grads = torch.autograd.grad(one, list(params.values()), allow_unused=True)
-        expected.append(dict(zip(params, grads, strict=True)))
-    model.train()
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    losses = example_losses(model, ex, catalogue, cfg.train, **kw)
-    (losses * user_weights(ex.owner, 3)).sum().backward()
-    regroup_grad_samples(model, 3, ex.owner)
+    expected = each_user_alone(model, ex, catalogue, cfg, kw)
+    gsm = per_user_grad_samples(model, ex, catalogue, cfg, kw)
     gs = model.cooc_weight.weight.grad_sample  # type: ignore[union-attr]
     assert gs.shape == (3, 1, 1)
     assert float(gs.abs().sum()) > 0  # the weight learns from the term

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,6 +64,33 @@ def subset(ex: Examples, keep: np.ndarray) -> Examples:
 
 def trainable(model: RecModel) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def each_user_alone(
+    model: RecModel, ex: Examples, cat: Catalogue, cfg: RunConfig, kw: dict[str, Any]
+) -> list[dict[str, torch.Tensor | None]]:
+    """The reference: each user's gradient from a copy of the model given that user alone."""
+    expected = []
+    for u in range(int(ex.owner.max()) + 1):
+        ref = copy.deepcopy(model)
+        params = trainable(ref)
+        one = example_losses(ref, subset(ex, ex.owner == u), cat, cfg.train, **kw).mean()
+        grads = torch.autograd.grad(one, list(params.values()), allow_unused=True)
+        expected.append(dict(zip(params, grads, strict=True)))
+    return expected
+
+
+def per_user_grad_samples(
+    model: RecModel, ex: Examples, cat: Catalogue, cfg: RunConfig, kw: dict[str, Any]
+) -> GradSampleModule:
+    """Opacus' per-sample gradients of one batch, regrouped per user (as DP-SGD takes them)."""
+    n = int(ex.owner.max()) + 1
+    model.train()
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    losses = example_losses(model, ex, cat, cfg.train, **kw)
+    (losses * user_weights(ex.owner, n)).sum().backward()
+    regroup_grad_samples(model, n, ex.owner)
+    return gsm
 
 
 # --------------------------------------------------------------------------- the head
@@ -196,18 +224,8 @@ def test_all_positions_per_user_grad_samples_equal_each_user_alone(
     ex = examples_of(cfg, local, rows, neg=3 if loss == "sampled" else 0)
     cache = text_cache(model, catalogue)
     kw = dict(cache=cache, log_q=None, live_catalogue=False)
-    expected = []
-    for u in range(3):
-        ref = copy.deepcopy(model)
-        params = trainable(ref)
-        one = example_losses(ref, subset(ex, ex.owner == u), catalogue, cfg.train, **kw).mean()
-        grads = torch.autograd.grad(one, list(params.values()), allow_unused=True)
-        expected.append(dict(zip(params, grads, strict=True)))
-    model.train()
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    losses = example_losses(model, ex, catalogue, cfg.train, **kw)
-    (losses * user_weights(ex.owner, 3)).sum().backward()
-    regroup_grad_samples(model, 3, ex.owner)
+    expected = each_user_alone(model, ex, catalogue, cfg, kw)
+    gsm = per_user_grad_samples(model, ex, catalogue, cfg, kw)
     checked = 0
     for name, p in trainable(model).items():
         gs = getattr(p, "grad_sample", None)
