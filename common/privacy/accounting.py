@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -95,13 +96,20 @@ def epsilon_of(events: Sequence[Event], *, delta: float, accountant: str = "prv"
     for sigma, q, steps in events:
         if not (math.isfinite(sigma) and sigma >= 0 and 0 <= q <= 1 and steps >= 0):
             raise ValueError(f"invalid accountant event (sigma={sigma}, q={q}, steps={steps})")
-    events = [e for e in events if e[2] > 0 and e[1] > 0]
-    if not events:
+    kept = tuple((float(s), float(q), int(n)) for s, q, n in events if n > 0 and q > 0)
+    if not kept:
         return 0.0
-    if any(sigma <= 0 for sigma, _, _ in events):
+    if any(sigma <= 0 for sigma, _, _ in kept):
         return math.inf
+    return _epsilon(kept, delta, accountant)
+
+
+@functools.lru_cache(maxsize=1024)
+def _epsilon(events: tuple[Event, ...], delta: float, accountant: str) -> float:
+    """`epsilon_of` proper, memoised: a site's ledger asks for the same history several
+    times a call (budget check, record, report), and each PRV evaluation takes ~1 s."""
     acc = create_accountant(accountant)
-    acc.history = [(float(s), float(q), int(n)) for s, q, n in events]
+    acc.history = list(events)
     with warnings.catch_warnings():
         # PRV evaluates log(1 - q) at q = 1 (full-batch release); the result is still exact.
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="opacus.*")
@@ -129,6 +137,25 @@ def calibrate_noise(
         raise ValueError(f"`sample_rate` must be in (0, 1], got {sample_rate}.")
     if steps < 1:
         raise ValueError(f"`steps` must be >= 1, got {steps}.")
+    events = tuple((float(s), float(q), int(n)) for s, q, n in prior_events)
+    return _calibrate(target_epsilon, delta, sample_rate, steps, events, accountant, tolerance)
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrate(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    prior_events: tuple[Event, ...],
+    accountant: str,
+    tolerance: float,
+) -> float:
+    """`calibrate_noise` proper, memoised: a pure function of its arguments.
+
+    A site plans at every call of a run (each PRV bisection takes seconds); the same
+    arguments always give the same sigma, so a process computes each plan once.
+    """
 
     def eps(sigma: float) -> float:
         return epsilon_of(

@@ -197,6 +197,24 @@ def test_calibrate_noise_rejects(kwargs: dict[str, object], error: type[Exceptio
         calibrate_noise(**args)  # type: ignore[arg-type]
 
 
+def test_memoised_epsilon_matches_a_fresh_accountant_for_every_key() -> None:
+    # epsilon_of is cached on (events, delta, accountant): asking for histories that differ in
+    # one key at a time, interleaved and repeated, must each give a fresh Opacus accountant's value.
+    cases = [
+        ([(1.0, 0.1, 5)], 1e-5, "rdp"),
+        ([(1.0, 0.1, 5)], 1e-6, "rdp"),
+        ([(1.0, 0.1, 5)], 1e-5, "prv"),
+        ([(1.0, 0.1, 6)], 1e-5, "rdp"),
+        ([(1.0, 0.1, 5), (2.0, 1.0, 1)], 1e-5, "rdp"),
+    ]
+    for events, delta, name in cases + cases[::-1]:
+        fresh = RDPAccountant() if name == "rdp" else PRVAccountant()
+        fresh.history = list(events)
+        assert epsilon_of(events, delta=delta, accountant=name) == pytest.approx(
+            fresh.get_epsilon(delta=delta), rel=1e-9
+        )
+
+
 # --------------------------------------------------------------------------- plan_dp
 
 
