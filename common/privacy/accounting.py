@@ -106,8 +106,11 @@ def epsilon_of(events: Sequence[Event], *, delta: float, accountant: str = "prv"
 
 @functools.lru_cache(maxsize=1024)
 def _epsilon(events: tuple[Event, ...], delta: float, accountant: str) -> float:
-    """`epsilon_of` proper, memoised: a site's ledger asks for the same history several
-    times a call (budget check, record, report), and each PRV evaluation takes ~1 s."""
+    """`epsilon_of` proper, memoised.
+
+    A site's ledger asks for the same history several times a call (budget check, record,
+    report), and each PRV evaluation takes about a second.
+    """
     acc = create_accountant(accountant)
     acc.history = list(events)
     with warnings.catch_warnings():
