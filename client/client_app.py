@@ -20,6 +20,9 @@ from common.replies import Decline, EvalReply, KeptReply, TrainReply
 
 app = ClientApp()
 log = logging.getLogger("flwr.fedrec")
+# Opacus calls `logging.basicConfig` on import: a root handler that printed every Flower line
+# (ours included) a second time; Flower's logger has its own console handler.
+logging.getLogger("flwr").propagate = False
 
 
 def _config(msg: Message) -> ConfigRecord:

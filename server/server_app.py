@@ -26,6 +26,9 @@ from server.federation import run_federation, wait_for_nodes
 app = ServerApp()
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("flwr.fedrec")
+# Opacus calls `logging.basicConfig` on import: a root handler that printed every Flower line
+# (ours included) a second time; Flower's logger has its own console handler.
+logging.getLogger("flwr").propagate = False
 
 
 def initial_from_node(grid: Grid, cfg: RunConfig) -> dict[str, np.ndarray]:

@@ -65,8 +65,13 @@ def test_the_initial_state_comes_from_the_next_node_when_the_first_fail(
     quick: RunConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
     grid = QueryGrid({1: "error", 2: "silent", 3: "empty", 4: "noprior", 5: "good", 6: "good"})
-    with caplog.at_level(logging.WARNING, logger="flwr.fedrec"):
-        state = initial_from_node(grid, quick)  # type: ignore[arg-type]
+    fedrec_log = logging.getLogger("flwr.fedrec")  # Flower's logger does not propagate to root
+    fedrec_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="flwr.fedrec"):
+            state = initial_from_node(grid, quick)  # type: ignore[arg-type]
+    finally:
+        fedrec_log.removeHandler(caplog.handler)
     assert set(state) == set(GOOD)
     np.testing.assert_array_equal(state[PRIOR_KEY], GOOD[PRIOR_KEY])
     assert grid.asked == [1, 2, 3, 4, 5]  # one at a time, stops at the first usable state
