@@ -113,31 +113,62 @@ def run(
 ) -> RunResult:
     """Run the app with `overrides` into `out`; return its results.json (raises on failure)."""
     out = out.resolve()
-    overrides = {**overrides, "fed.out-dir": str(out)}
-    cfg = parse_config(overrides)  # validate before starting anything
-    overrides = with_data_dir(overrides, cfg)
-    cfg = parse_config(overrides)
-    corpus = load_corpus(cfg.data)  # bad data fails here, with file and line, before Flower
-    if corpus.set_aside is not None and len(corpus.set_aside) and not quiet:
-        print(f"{cfg.data.dataset}: {corpus.set_aside.summary()}", file=sys.stderr)
-    if num_supernodes is None:
-        num_supernodes = (
-            corpus.data.n_users if cfg.data.partitioning == "user" else cfg.data.num_sites
-        )
+    overrides, nodes = _prepare(overrides, out, num_supernodes, quiet=quiet)
     out.mkdir(parents=True, exist_ok=True)
     flwr_home = out / ".flwr-home"
     stop_superlink(flwr_home)  # a leftover of an interrupted run in this folder
+    ports = _free_superlink_ports()
+    run_cfg = out / "run-config.toml"
+    with open(run_cfg, "w") as fh:
+        for k, v in overrides.items():
+            fh.write(f'"{k}" = {toml_value(v)}\n')
+    env = _flwr_env(flwr_home, ports)
+    cmd = ["flwr", "run", ".", "--stream", "--run-config", str(run_cfg),
+           "--federation-config", f"num-supernodes={nodes}"]  # fmt: skip
+    log_path = out / "flwr.log"
+    t0 = time.time()
+    try:
+        rc = _stream(cmd, env, log_path, quiet=quiet)
+        status = run_status(env)
+    finally:
+        stop_superlink(flwr_home, tuple(ports.values()))
+    return _finished(out, rc, status, log_path, time.time() - t0)
+
+
+def _prepare(
+    overrides: dict[str, Any], out: Path, num_supernodes: int | None, *, quiet: bool
+) -> tuple[dict[str, Any], int]:
+    """Validated overrides (output folder, absolute data folder) and the number of nodes.
+
+    Bad config or data fails here, with key or file and line, before Flower starts.
+    """
+    overrides = {**overrides, "fed.out-dir": str(out)}
+    cfg = parse_config(overrides)
+    overrides = with_data_dir(overrides, cfg)
+    cfg = parse_config(overrides)
+    corpus = load_corpus(cfg.data)
+    if corpus.set_aside is not None and len(corpus.set_aside) and not quiet:
+        print(f"{cfg.data.dataset}: {corpus.set_aside.summary()}", file=sys.stderr)
+    if num_supernodes is None:
+        by_user = cfg.data.partitioning == "user"
+        num_supernodes = corpus.data.n_users if by_user else cfg.data.num_sites
+    return overrides, num_supernodes
+
+
+def _free_superlink_ports() -> dict[str, str]:
+    """The local SuperLink's ports for this run (from the environment, else free ones)."""
     ports = {k: os.environ.get(k) or str(free_ports(1)[0]) for k in PORT_ENV}
     if any(port_busy(int(p)) for p in ports.values()):
         raise RuntimeError(
             f"local SuperLink ports {ports} are taken by another process; a foreign SuperLink "
             "would take over this run. Unset those variables or stop that process."
         )
-    run_cfg = out / "run-config.toml"
-    with open(run_cfg, "w") as fh:
-        for k, v in overrides.items():
-            fh.write(f'"{k}" = {toml_value(v)}\n')
-    env = {
+    return ports
+
+
+def _flwr_env(flwr_home: Path, ports: dict[str, str]) -> dict[str, str]:
+    """The environment of `flwr run`: private FLWR_HOME, our ports, no dependency installs."""
+    return {
         **os.environ,
         **ports,
         "FLWR_HOME": str(flwr_home),
@@ -146,33 +177,27 @@ def run(
         # environment even when it was not activated (e.g. `.venv/bin/python -m ...`).
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
-    cmd = [
-        "flwr",
-        "run",
-        ".",
-        "--stream",
-        "--run-config",
-        str(run_cfg),
-        "--federation-config",
-        f"num-supernodes={num_supernodes}",
-    ]
-    log_path = out / "flwr.log"
-    t0 = time.time()
-    try:
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                if not quiet and ("fedrec" in line or "ERROR" in line or "Traceback" in line):
-                    print(line.rstrip(), file=sys.stderr)
-            rc = proc.wait()
-        status = run_status(env)
-    finally:
-        stop_superlink(flwr_home, tuple(ports.values()))
+
+
+def _stream(cmd: list[str], env: dict[str, str], log_path: Path, *, quiet: bool) -> int:
+    """Run `cmd`, copy its output to `log_path` (our lines and errors also to stderr)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            if not quiet and ("fedrec" in line or "ERROR" in line or "Traceback" in line):
+                print(line.rstrip(), file=sys.stderr)
+        return proc.wait()
+
+
+def _finished(
+    out: Path, rc: int, status: dict[str, Any] | None, log_path: Path, wall_s: float
+) -> RunResult:
+    """The run's results.json with its timing and Flower status; raises if the run failed."""
     results_f = out / "results.json"
     sub = (status or {}).get("status", "unknown")
     if rc != 0 or "fail" in str(sub).lower() or not results_f.exists():
@@ -181,7 +206,7 @@ def run(
             why = f"; results.json status: {json.loads(results_f.read_text()).get('status')!r}"
         raise RuntimeError(f"flwr run failed (exit {rc}, run status {sub!r}{why}); see {log_path}")
     res: dict[str, Any] = json.loads(results_f.read_text())
-    res.setdefault("timing", {})["flwr_run_s"] = time.time() - t0
+    res.setdefault("timing", {})["flwr_run_s"] = wall_s
     res["flwr_status"] = status
     results_f.write_text(json.dumps(res, indent=1))
     return load_run(results_f)
