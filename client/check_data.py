@@ -10,8 +10,8 @@ Reads the files exactly as the site's ClientApp will (node config merged over th
 trains and evaluates on), plus one line naming the users set aside for having fewer than
 ``max(min-interactions, 3)`` interactions if there are any (`common.data.short_users`: kept
 for `fedrec recommend`, never trained on), and exits 2 with ``error: <file> line <n>: ...``
-on the first problem (an unknown node-config key too: the ClientApp would ignore it, so a
-typo such as ``max-epsilom`` would silently keep the default). It writes nothing.
+on the first problem (an unknown node-config key too, such as ``max-epsilom``: the
+ClientApp refuses it as well, but only once the federation has started). It writes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.node import node_setup, unknown_node_keys
+from client.node import node_setup
 from common.config.base import ConfigError
 from common.config.parse import parse_overrides
 from common.data.interactions import DataError
@@ -49,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         node = parse_node_config(args.node_config)
-        if unknown := unknown_node_keys(node):  # the app ignores them: a typo is silent there
-            raise ConfigError(unknown)
         cfg, name, _ = node_setup(parse_overrides(args.run_config), node)
         if cfg.data.dataset == "synthetic":
             print(f"site {name}: synthetic data (no files to check)", file=sys.stderr)

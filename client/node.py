@@ -51,11 +51,14 @@ def node_setup(
     Simulation nodes carry ``partition-id``/``num-partitions``; deployed SuperNodes carry
     ``data-dir`` (and optionally ``site-name``, ``ledger-path`` and the site's data settings
     of `common.config.data.NODE_DATA_KEYS`: ``dataset``, ``min-interactions``, files, columns) and
-    own all the users in their data.
+    own all the users in their data. An unknown node-config key is a `ConfigError` naming
+    it and the closest known key (a typo in ``max-epsilon`` must not leave the default budget).
     """
     from common.config.base import ConfigError
     from common.config.parse import parse_config
 
+    if unknown := unknown_node_keys(node_config):  # a typo would silently keep the default
+        raise ConfigError(f"this site's {unknown}")
     over = dict(run_config)
     for key, run_key in NODE_DATA_KEYS.items():
         if key in node_config:

@@ -143,9 +143,7 @@ def run(cfg: RunConfig, out: Path, *, which: str = "test") -> RunResult:
         setting="central",
         plan=dp_plan(site),
     )
-    baselines = run_baselines(corpus, seed=cfg.train.seed, which=which)
-    if which == "test":  # the DP baselines choose on the validation item and report the test
-        baselines |= dp_baselines_for(corpus, cfg, privacy, label="central")
+    baselines = _baselines(corpus, cfg, privacy, which)
     wall = time.perf_counter() - t0
     per_user = ev.per_user()
     results = {
@@ -164,9 +162,27 @@ def run(cfg: RunConfig, out: Path, *, which: str = "test") -> RunResult:
         "per_user": {k: np.asarray(v).tolist() for k, v in per_user.items()},
         "config": cfg.flat(),
     }
+    return _save(out, site, results)
+
+
+def _baselines(corpus: Any, cfg: RunConfig, privacy: dict[str, Any], which: str) -> dict:
+    """The ordinary baselines on the `which` item, and on the test item the DP baselines.
+
+    The DP baselines choose on the validation item and report the test item, accounted at
+    the model's epsilon and delta (`privacy`).
+    """
+    baselines = run_baselines(corpus, seed=cfg.train.seed, which=which)
+    if which == "test":
+        baselines |= dp_baselines_for(corpus, cfg, privacy, label="central")
+    return baselines
+
+
+def _save(out: Path, site: Site, results: dict[str, Any]) -> RunResult:
+    """Write the adapter folder and results.json into `out`; return the results read back."""
     out.mkdir(parents=True, exist_ok=True)
-    digest = catalogue_digest(corpus.data.item_ids, corpus.data.item_texts)
-    write_adapter(model, out / "adapter", data=cfg.data, catalogue=digest)
+    data = site.corpus.data
+    digest = catalogue_digest(data.item_ids, data.item_texts)
+    write_adapter(site.model, out / "adapter", data=site.cfg.data, catalogue=digest)
     write_json_atomic(out / "results.json", results)
     return load_run(out / "results.json")
 

@@ -49,3 +49,12 @@ def test_changing_one_returned_site_does_not_change_the_next(run_config: dict[st
     label = site.policy.label
     site.policy = type(site.policy)(label="changed")
     assert get_site(run_config, NODE).policy.label == label
+
+
+def test_an_unknown_node_key_is_refused_by_the_app_naming_the_closest_key(
+    run_config: dict[str, Any],
+) -> None:
+    from common.config.base import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'max-epsilom' \(did you mean 'max-epsilon'\?\)"):
+        get_site(run_config, {**NODE, "max-epsilom": 1.0})  # else the default budget applies
