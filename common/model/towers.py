@@ -107,7 +107,7 @@ class RecModel(nn.Module):
         self.cooc_weight = nn.Linear(1, 1, bias=False) if n_head else None
         if self.cooc_weight is not None:
             nn.init.constant_(self.cooc_weight.weight, cfg.cooc_weight)
-        self._cooc_table: tuple[bytes, torch.Tensor, torch.Tensor] | None = None
+        self._cooc_table: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
         self.to(device)
 
     @property
@@ -266,9 +266,11 @@ class RecModel(nn.Module):
         """
         if self.cooc is None or not bool(self.cooc.any()) or not bool(self.prior.any()):
             return None
-        cooc, prior = self.cooc.detach().cpu().numpy(), self.prior.detach().cpu().numpy()
-        key = cooc.tobytes() + prior.tobytes()
-        if self._cooc_table is None or self._cooc_table[0] != key:  # once per released matrix
+        # Once per released matrix: the buffers' storage and in-place version counters change
+        # whenever a state is loaded into them (copying the matrix to compare cost a copy).
+        key = (self.cooc.data_ptr(), self.cooc._version, self.prior.data_ptr(), self.prior._version)
+        if self._cooc_table is None or self._cooc_table[0] != key:
+            cooc, prior = self.cooc.detach().cpu().numpy(), self.prior.detach().cpu().numpy()
             top, ease = ease_table(cooc, prior, l2=self.cfg.cooc_lambda,
                                    history_len=self.recency.num_embeddings)  # fmt: skip
             dev = self.device

@@ -18,7 +18,13 @@ from common.evaluation.evaluate import model_score_fn
 from common.model.adapter import load_adapter, save_adapter
 from common.model.catalogue import Catalogue
 from common.model.objective import text_cache
-from common.model.towers import COOC_KEY, RecModel, trainable_state
+from common.model.towers import (
+    COOC_KEY,
+    PRIOR_KEY,
+    RecModel,
+    load_trainable_state,
+    trainable_state,
+)
 from common.model.train import LocalData
 from common.privacy.accounting import ZERO_NOISE_ENV, PrivacyError, epsilon_of
 from common.privacy.cooc import head_items, local_cooc, normalised_gram
@@ -70,6 +76,25 @@ def test_feature_equals_a_slow_reference(
     assert got is not None
     np.testing.assert_allclose(got.numpy(), _slow_feature(model, hist, mask), atol=1e-5)
     assert not got[1].any()
+
+
+def test_a_newly_loaded_matrix_or_prior_is_scored_not_the_cached_one(
+    make_cfg: Callable[..., RunConfig], make_model: Callable[..., RecModel], local: LocalData
+) -> None:
+    model = _released(make_model(make_cfg(**COOC)), local)
+    rng = np.random.default_rng(1)
+    hist = torch.from_numpy(rng.integers(0, model.prior.numel(), size=(4, 8)))
+    mask = torch.ones(4, 8)
+    assert model.cooc_feature(hist, mask) is not None  # the table is cached now
+    assert model.cooc is not None
+    state = trainable_state(model)
+    state[COOC_KEY] = state[COOC_KEY] * 0.5 + np.eye(len(state[COOC_KEY]), dtype=np.float32)
+    state[PRIOR_KEY] = state[PRIOR_KEY][::-1].copy()  # another head
+    load_trainable_state(model, state)  # what a site does with each round's global state
+    got = model.cooc_feature(hist, mask)
+    assert got is not None
+    np.testing.assert_allclose(got.numpy(), _slow_feature(model, hist.numpy(), mask.numpy()),
+                               atol=1e-5)  # fmt: skip
 
 
 def test_the_feature_is_off_before_the_release_and_without_the_key(
