@@ -210,32 +210,9 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in frozen]
     opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr)
     model.train()
-    gsm: GradSampleModule | None = None
     cuts = all_cuts(data.train, rows) if cfg.positions == "all" else None
-    if plan is not None:
-        gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-        opt = DPOptimizer(
-            opt,
-            noise_multiplier=0.0 if test_only_zero_noise() else plan.sigma,
-            max_grad_norm=clip,
-            expected_batch_size=max(1, round(plan.sample_rate * n)),
-            loss_reduction="mean",
-            generator=gen,
-        )
-        sampler: list[np.ndarray] = [
-            np.asarray(b, dtype=np.int64)
-            for b in UniformWithReplacementSampler(
-                num_samples=n,
-                sample_rate=plan.sample_rate,
-                generator=gen,
-                steps=plan.steps_per_round,
-            )
-        ]
-        epoch_steps = max(1, round(1 / plan.sample_rate))
-    else:
-        units = n if cuts is None else len(cuts[0])
-        sampler = _shuffled_batches(units, cfg.epochs, cfg.batch_users, rng)
-        epoch_steps = max(1, math.ceil(units / cfg.batch_users))
+    units = n if cuts is None else len(cuts[0])
+    gsm, opt, sampler, epoch_steps = _sampling(model, opt, n, units, cfg, plan, clip, gen, rng)
     neg_probs, log_q = negative_distribution(model, cfg.negatives_pop_share)
     cache = text_cache(model, cat) if cfg.loss != "sampled" else None
     total_loss, seen = 0.0, 0
@@ -250,21 +227,10 @@ def train(
             else:
                 ex = _examples(data, rows, local, cuts, cfg, plan is not None, history_len,
                                cat.n_items, rng, neg_probs)  # fmt: skip
-                losses = example_losses(
-                    model, ex, cat, cfg, cache=cache, log_q=log_q, live_catalogue=plan is None
-                )
-                if plan is not None:  # every user's examples sum to one user's loss
-                    losses = losses * user_weights(ex.owner, ex.n_users).to(losses.device)
-                with warnings.catch_warnings():
-                    # Opacus' full backward hooks fire on module outputs because the cached
-                    # lower-layer states need no gradient: expected, and harmless here.
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                    (losses.sum() if plan is not None else losses.mean()).backward()
-                if plan is not None:
-                    owner = None if cuts is None else ex.owner
-                    regroup_grad_samples(model, ex.n_users, owner)
-                total_loss += float(losses.detach().sum())
-                seen += ex.n_users if plan is not None else len(losses)
+                loss, count = _backward(model, ex, cat, cfg, cache, log_q, dp=plan is not None,
+                                        per_position=cuts is not None)  # fmt: skip
+                total_loss += loss
+                seen += count
             opt.step()
             if proximal_mu > 0 and anchor is not None:
                 _proximal_step(model, anchor, cfg.lr * proximal_mu)
@@ -277,6 +243,71 @@ def train(
             p.grad_sample = None  # type: ignore[attr-defined]
         model.eval()
     return TrainStats(total_loss / max(seen, 1), len(sampler), seen, time.perf_counter() - t0)
+
+
+def _sampling(
+    model: RecModel,
+    opt: torch.optim.Optimizer,
+    n_users: int,
+    units: int,
+    cfg: TrainConfig,
+    plan: DPPlan | None,
+    clip: float,
+    gen: torch.Generator,
+    rng: np.random.Generator,
+) -> tuple[GradSampleModule | None, torch.optim.Optimizer, list[np.ndarray], int]:
+    """(grad-sample module, optimiser, batches, steps per epoch) of one local round.
+
+    With a plan: Opacus' per-sample gradients and DPOptimizer, Poisson batches of the
+    `n_users` users at the plan's sample rate (with every position, a sampled user brings all
+    of its); without: shuffled batches of `units` (users, or every position).
+    """
+    if plan is None:
+        batches = _shuffled_batches(units, cfg.epochs, cfg.batch_users, rng)
+        return None, opt, batches, max(1, math.ceil(units / cfg.batch_users))
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    dp_opt = DPOptimizer(
+        opt,
+        noise_multiplier=0.0 if test_only_zero_noise() else plan.sigma,
+        max_grad_norm=clip,
+        expected_batch_size=max(1, round(plan.sample_rate * n_users)),
+        loss_reduction="mean",
+        generator=gen,
+    )
+    sampler = UniformWithReplacementSampler(
+        num_samples=n_users, sample_rate=plan.sample_rate, generator=gen, steps=plan.steps_per_round
+    )
+    batches = [np.asarray(b, dtype=np.int64) for b in sampler]
+    return gsm, dp_opt, batches, max(1, round(1 / plan.sample_rate))
+
+
+def _backward(
+    model: RecModel,
+    ex: Examples,
+    cat: Catalogue,
+    cfg: TrainConfig,
+    cache: torch.Tensor | None,
+    log_q: torch.Tensor | None,
+    *,
+    dp: bool,
+    per_position: bool,
+) -> tuple[float, int]:
+    """Loss and gradients of one batch of examples `ex`; (summed loss, users or examples).
+
+    Under DP every user's examples sum to one user's loss and the per-sample gradients are
+    regrouped per user (`regroup_grad_samples`), so Opacus clips users, not examples.
+    """
+    losses = example_losses(model, ex, cat, cfg, cache=cache, log_q=log_q, live_catalogue=not dp)
+    if dp:
+        losses = losses * user_weights(ex.owner, ex.n_users).to(losses.device)
+    with warnings.catch_warnings():
+        # Opacus' full backward hooks fire on module outputs because the cached
+        # lower-layer states need no gradient: expected, and harmless here.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        (losses.sum() if dp else losses.mean()).backward()
+    if dp:
+        regroup_grad_samples(model, ex.n_users, ex.owner if per_position else None)
+    return float(losses.detach().sum()), ex.n_users if dp else len(losses)
 
 
 def _shuffled_batches(
