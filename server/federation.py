@@ -24,7 +24,7 @@ from server.checkpoint import Checkpoint
 from server.evaluation import EvaluateFn
 from server.report import finish_run
 from server.rounds import deliver_final, evaluate_round, prior_round, train_round
-from server.strategies import clients_per_round, round_strategy
+from server.strategies import CheckedReplies, clients_per_round, round_strategy
 
 log = logging.getLogger("flwr.fedrec")
 
@@ -75,6 +75,38 @@ def run_key_of(cfg: RunConfig) -> str:
     return hashlib.sha256(flat.encode()).hexdigest()[:16]
 
 
+def _central_budget(
+    cfg: RunConfig,
+    out: Path,
+    run_key: str,
+    n_clients: int,
+    noise: tuple[float, float],
+    start: int,
+) -> CentralBudget | None:
+    """Under central DP the server's own ledger, else None.
+
+    Epsilon is carried across runs; the plan for the rounds still to run at noise
+    (sigma, delta) is checked against its cap before anything is released.
+    """
+    if cfg.dp.mode != "central":
+        return None
+    sigma, delta = noise
+    budget = CentralBudget.open(cfg, out, run_key=run_key, n_clients=n_clients, delta=delta)
+    budget.check_plan(sigma, per_round=clients_per_round(cfg, n_clients),
+                      rounds=cfg.fed.rounds - max(start, 1) + 1)  # fmt: skip
+    return budget
+
+
+def _central_round(strategy: CheckedReplies, budget: CentralBudget) -> dict[str, Any]:
+    """A central-DP round's release (what Flower's wrapper noised) and the epsilon so far."""
+    release = getattr(strategy.strategy, "release", None)
+    return {
+        "central_release": list(release) if release else None,
+        "central_epsilon": budget.run_epsilon(),
+        "central_ledger_epsilon": budget.total_epsilon(),
+    }
+
+
 def run_federation(
     grid: Grid,
     cfg: RunConfig,
@@ -100,11 +132,7 @@ def run_federation(
         start = 0  # round 0: the sites release their (DP) popularity histograms, no training
     if start > 1:
         log.info("[fedrec] resuming from checkpoint: rounds 1..%d already done", start - 1)
-    budget = None
-    if cfg.dp.mode == "central":  # epsilon carried across runs: the server's own ledger
-        budget = CentralBudget.open(cfg, out, run_key=run_key, n_clients=n_clients, delta=delta)
-        budget.check_plan(sigma, per_round=clients_per_round(cfg, n_clients),
-                          rounds=cfg.fed.rounds - max(start, 1) + 1)  # fmt: skip
+    budget = _central_budget(cfg, out, run_key, n_clients, (sigma, delta), start)
     strategy = round_strategy(cfg, n_clients, central_sigma=sigma, budget=budget)
     evaluate = evaluate_fn(n_clients) if evaluate_fn is not None else None
     t_run, status = time.perf_counter(), "completed"
@@ -120,12 +148,7 @@ def run_federation(
         arrays = R.from_record(new)
         evaluate_round(grid, strategy, cfg, result, new, run_key, evaluate)
         if budget is not None:
-            release = getattr(strategy.strategy, "release", None)
-            result.central = {
-                "central_release": list(release) if release else None,
-                "central_epsilon": budget.run_epsilon(),
-                "central_ledger_epsilon": budget.total_epsilon(),
-            }
+            result.central = _central_round(strategy, budget)
         result.wall_s = time.perf_counter() - t0
         history.append(result.to_json())
         ckpt.save(rnd, arrays, history)
