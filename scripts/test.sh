@@ -7,4 +7,4 @@ bash scripts/setup.sh
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 ruff check .
 mypy common client server simulations
-python -m pytest -q -ra "$@"
+python -m pytest -q -ra --durations=25 "$@"
