@@ -78,9 +78,9 @@ def _attack_row(who: str, name: str, a: dict[str, Any]) -> str:
     )
 
 
-def markdown(r: dict[str, Any]) -> str:
-    """The human-readable report."""
-    acc, p, can = r["accounted"], r["privacy"], r["canaries"]
+def _bound_rows(r: dict[str, Any]) -> list[str]:
+    """One table row per delta: accounted epsilon beside the two empirical lower bounds."""
+    acc, can = r["accounted"], r["canaries"]
     rows = []
     for key in ("run_delta", "audit_delta"):
         c = can[key]
@@ -96,16 +96,24 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {c['delta']:.3g} | {ub:.3f} | **{one['epsilon_lb']:.3f}** ({how_one}) | "
             f"{cp['epsilon_lb']:.3f} ({how_cp}{cp['fpr']:.2f} on the held-out half) |"
         )
-    led = r["ledger"]
-    led_lines = (
-        ["(no DP: no ledgers)"]
-        if led is None
-        else [
-            f"- {n}: PRV {c['epsilon_prv']:.4f}, RDP {c['epsilon_rdp']:.4f}, "
-            f"budget {c['budget']:g}, delta {c['delta']:.3g}: {'; '.join(c['flags']) or 'ok'}"
-            for n, c in led["clients"].items()
-        ]
-    )
+    return rows
+
+
+def _ledger_lines(led: dict[str, Any] | None) -> list[str]:
+    """One line per client ledger: PRV and RDP epsilon, budget, delta, flags."""
+    if led is None:
+        return ["(no DP: no ledgers)"]
+    return [
+        f"- {n}: PRV {c['epsilon_prv']:.4f}, RDP {c['epsilon_rdp']:.4f}, "
+        f"budget {c['budget']:g}, delta {c['delta']:.3g}: {'; '.join(c['flags']) or 'ok'}"
+        for n, c in led["clients"].items()
+    ]
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The human-readable report."""
+    p, can = r["privacy"], r["canaries"]
+    rows, led_lines = _bound_rows(r), _ledger_lines(r["ledger"])
     n_grid = len(can["run_delta"]["one_run"]["grid"])
     return "\n".join(
         [
