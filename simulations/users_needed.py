@@ -4,8 +4,9 @@ For each number of users, each epsilon (default 8 and inf = no DP) and each seed
 run (`simulations.centralized.run`: one party holding every user, a site's local round) trains
 on synthetic data with planted topic preferences (`common.data.synthetic`) and is evaluated on the
 test item. The result is ``users-needed.json`` (every run's HR@10 / NDCG@10 and the
-most-popular baseline), ``users-needed.md`` (mean +- standard deviation over seeds per size)
-and ``users-needed.png`` (HR@10 against users, log scale). A finished point is not re-run:
+most-popular baseline, EASE and, for DP runs, DP-EASE at the run's epsilon and delta),
+``users-needed.md`` (mean +- standard deviation over seeds per size) and ``users-needed.png``
+(HR@10 against users, log scale, the baselines dotted). A finished point is not re-run:
 its ``results.json`` is read back, so an interrupted study resumes where it stopped.
 
 Example::
@@ -35,6 +36,8 @@ from simulations.centralized import run as central_run
 DEFAULT_SIZES = (150, 600, 2500, 10000)
 DEFAULT_ITEMS = 500  # catalogue size of every synthetic data set (same items at every size)
 NO_DP = math.inf
+BASELINES = ("ease", "dp-ease")  # reported beside the model when the run has them
+BASELINE_KEYS = tuple(f"{b} hr@10" for b in BASELINES)
 
 
 def point_config(base: dict[str, Any], users: int, epsilon: float, seed: int) -> RunConfig:
@@ -69,7 +72,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (users, eps), rs in sorted(groups.items()):
         entry: dict[str, Any] = {"users": users, "epsilon": eps, "seeds": len(rs)}
-        for k in ("hr@10", "ndcg@10", "most-popular hr@10"):
+        for k in ("hr@10", "ndcg@10", "most-popular hr@10", *BASELINE_KEYS):
+            if not all(k in r for r in rs):  # EASE / DP-EASE: only where the runs report them
+                continue
             vals = [r[k] for r in rs]
             entry[k] = statistics.fmean(vals)
             entry[f"{k} sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -80,21 +85,28 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def table(summary: list[dict[str, Any]]) -> str:
     """Markdown table of `summarise`'s rows."""
     lines = [
-        "| users | epsilon | HR@10 | NDCG@10 | most-popular HR@10 | seeds |",
-        "|---|---|---|---|---|---|",
+        "| users | epsilon | HR@10 | NDCG@10 | most-popular HR@10 | baseline HR@10 (EASE without "
+        "DP; DP-EASE at the run's epsilon and delta) | seeds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         eps = "no DP" if math.isinf(s["epsilon"]) else f"{s['epsilon']:g}"
+        base = "ease hr@10" if math.isinf(s["epsilon"]) else "dp-ease hr@10"
+        shown = f"{s[base]:.4f} ± {s[base + ' sd']:.4f}" if base in s else "-"
         lines.append(
             f"| {s['users']} | {eps} | {s['hr@10']:.4f} ± {s['hr@10 sd']:.4f} | "
             f"{s['ndcg@10']:.4f} ± {s['ndcg@10 sd']:.4f} | {s['most-popular hr@10']:.4f} | "
-            f"{s['seeds']} |"
+            f"{shown} | {s['seeds']} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: list[dict[str, Any]], path: Path) -> None:
-    """HR@10 (mean +- sd) against the number of users, one line per epsilon and most-popular."""
+    """HR@10 (mean +- sd) against the number of users, one line per epsilon and most-popular.
+
+    Each epsilon's baseline of the same runs (EASE without DP, DP-EASE at the run's budget)
+    is drawn dotted in the same colour.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,7 +116,7 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     for eps in sorted({s["epsilon"] for s in summary}):
         pts = [s for s in summary if s["epsilon"] == eps]
         label = "no DP" if math.isinf(eps) else f"epsilon {eps:g}"
-        ax.errorbar(
+        bars = ax.errorbar(
             [p["users"] for p in pts],
             [p["hr@10"] for p in pts],
             yerr=[p["hr@10 sd"] for p in pts],
@@ -112,6 +124,11 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
             capsize=3,
             label=label,
         )
+        key = "ease hr@10" if math.isinf(eps) else "dp-ease hr@10"
+        if all(key in p for p in pts):  # the baseline of the same runs, same colour, dotted
+            ax.plot([p["users"] for p in pts], [p[key] for p in pts], ":",
+                    color=bars.lines[0].get_color(),
+                    label="EASE" if math.isinf(eps) else f"DP-EASE, epsilon {eps:g}")  # fmt: skip
     pop = [s for s in summary if math.isinf(s["epsilon"])] or summary
     ax.plot(
         [p["users"] for p in pop],
@@ -149,6 +166,7 @@ def study(
             "hr@10": res.metrics["hr@10"],
             "ndcg@10": res.metrics["ndcg@10"],
             "most-popular hr@10": res.baselines["most-popular"]["hr@10"],
+            **{f"{b} hr@10": res.baselines[b]["hr@10"] for b in BASELINES if b in res.baselines},
             "epsilon_spent": res.privacy.epsilon,
             "delta": res.privacy.delta,
             "wall_s": res.timing["wall_s"],

@@ -55,14 +55,20 @@ def test_the_study_runs_every_point_writes_its_report_and_resumes(
         (30, 8.0, 1), (30, math.inf, 1), (60, 8.0, 1), (60, math.inf, 1)
     }
     for r in res["runs"]:
+        assert 0 <= r["ease hr@10"] <= 1  # the ordinary baseline beside every run
         if math.isinf(r["epsilon"]):
+            assert "dp-ease hr@10" not in r
             continue
         assert 0 < r["epsilon_spent"] <= 8.0 + 1e-6  # each DP run is accounted at its budget
         assert r["delta"] <= 1e-5
+        assert 0 <= r["dp-ease hr@10"] <= 1  # and the DP baseline at the same budget
+    dp_point = next(s for s in res["summary"] if s["epsilon"] == 8.0)
+    assert "dp-ease hr@10 sd" in dp_point and "ease hr@10" in dp_point
     saved = json.loads((tmp_path / "users-needed.json").read_text())
     assert saved["runs"] == clean_json(res["runs"])
     assert (tmp_path / "users-needed.png").stat().st_size > 1000
-    assert "no DP" in (tmp_path / "users-needed.md").read_text()
+    md = (tmp_path / "users-needed.md").read_text()
+    assert "no DP" in md and "DP-EASE" in md
 
     def no_rerun(*_: Any) -> None:
         raise AssertionError("a finished point was run again")
