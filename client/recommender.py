@@ -16,6 +16,7 @@ from common.data.interactions import Interactions
 from common.evaluation.evaluate import item_matrix
 from common.io import clean_json
 from common.model.adapter import AdapterInfo, catalogue_digest, open_adapter
+from common.model.new_items import SIM_TEMPERATURE, new_item_parts, set_new_items
 from common.model.towers import RecModel
 from common.task import device, load_catalogue, load_corpus
 
@@ -46,6 +47,11 @@ class Recommendation:
     released statistics and per-item parameters (the weighted DP popularity prior, the item
     bias and, with `model.cooc-items`, the weighted DP co-occurrence score of the history);
     ``popularity_share = |popularity| / (|similarity| + |popularity|)``.
+
+    A ``new_item`` (the catalogue marks it new: no interactions anywhere, `common.model.new_items`)
+    is scored by the frozen text similarity to the history (``similarity``) and the new-item
+    prior (``popularity``); its drivers' contributions are the soft maximum's weights times
+    their similarity, which sum to the similarity less the soft maximum's entropy term.
     """
 
     rank: int
@@ -56,6 +62,7 @@ class Recommendation:
     popularity: float
     popularity_share: float
     because: list[Driver] = field(default_factory=list)
+    new_item: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready values."""
@@ -91,6 +98,7 @@ class Recommender:
         with torch.no_grad():
             self.items = item_matrix(model, self.cat)
             self.prior = model.public_scores().detach()  # weighted prior + item bias
+        self.new_item = model.new_item.cpu().numpy()
         self.sequences = user_sequences(data)
         self.user_index = {str(_native(u)): i for i, u in enumerate(data.user_ids)}
         self.item_index = {str(_native(v)): i for i, v in enumerate(data.item_ids)}
@@ -103,7 +111,9 @@ class Recommender:
         """Open `adapter` (see `common.model.adapter.open_adapter`) over the site data of `data`."""
         model, info = open_adapter(adapter, backbone=backbone, cache_dir=cache_dir,
                                    device=device())  # fmt: skip
-        return cls(model, info, load_corpus(data).every_user)  # set-aside users too
+        corpus = load_corpus(data)
+        set_new_items(model, corpus.new_items)
+        return cls(model, info, corpus.every_user)  # set-aside users too
 
     def user_ids(self) -> list[Any]:
         """Every user id of the site's data."""
@@ -166,6 +176,10 @@ class Recommender:
         pooled = (w.unsqueeze(-1) * x).sum(1)
         norm = pooled.norm(dim=-1).clamp_min(1e-12)  # as F.normalize
         sim = (pooled / norm.unsqueeze(-1)) @ self.items.T / temp
+        new = new_item_parts(self.model, ht, mt, self.cat)
+        if new is not None:
+            sim, public = sim.clone(), public.clone()
+            sim[:, new[0]], public[:, new[0]] = new[1], new[2]
         scores = sim + public
         for j, s in enumerate(seen):
             scores[j, torch.from_numpy(np.asarray(s, dtype=np.int64))] = -torch.inf
@@ -174,10 +188,26 @@ class Recommender:
             n_free = int(torch.isfinite(scores[j]).sum())
             top = torch.topk(scores[j], min(k, n_free)).indices
             parts = (w[j].unsqueeze(0) * (self.items[top] @ x[j].T)) / (norm[j] * temp)
+            if new is not None:
+                parts = self._new_item_parts(top, ht[j], mt[j], parts)
             out.append([self._rec(r, int(i), float(sim[j, i]), float(public[j, i]), parts[r],
                                   hist[j], w[j], explain)
                         for r, i in enumerate(top.tolist())])  # fmt: skip
         return out
+
+    def _new_item_parts(
+        self, top: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor, parts: torch.Tensor
+    ) -> torch.Tensor:
+        """`parts` with each new item's row replaced by its soft-maximum drivers."""
+        cfg = self.model.cfg
+        frozen = torch.nn.functional.normalize(self.cat.frozen.float(), dim=-1)
+        for r, i in enumerate(top.tolist()):
+            if self.new_item[i]:
+                cos = frozen[hist.cpu()] @ frozen[i]
+                soft = torch.softmax(cos.masked_fill(mask.cpu() == 0, -torch.inf)
+                                     / SIM_TEMPERATURE, 0)  # fmt: skip
+                parts[r] = (cfg.new_item_text_weight * soft * cos / cfg.temperature).to(parts)
+        return parts
 
     def _rec(
         self, rank: int, item: int, sim: float, pop: float, parts: torch.Tensor,
@@ -190,5 +220,5 @@ class Recommender:
         total = abs(sim) + abs(pop)
         return Recommendation(
             rank + 1, _native(self.data.item_ids[item]), self.data.item_texts[item], sim + pop,
-            sim, pop, abs(pop) / total if total > 0 else 0.0, because,
+            sim, pop, abs(pop) / total if total > 0 else 0.0, because, bool(self.new_item[item]),
         )  # fmt: skip

@@ -17,6 +17,7 @@ from common.data.loaders import load_dataset
 from common.data.short_users import SetAside, set_aside_short_users
 from common.data.split import Split, dominant_genre, leave_one_out, partition_users
 from common.model.catalogue import Catalogue, build_catalogue
+from common.model.new_items import set_new_items
 from common.model.towers import RecModel
 from common.model.train import LocalData
 from common.privacy.accounting import test_only_zero_noise
@@ -46,6 +47,11 @@ class Corpus:
     def every_user(self) -> Interactions:
         """Every user of the data, set-aside ones included (what `fedrec recommend` serves)."""
         return self.data if self.all_data is None else self.all_data
+
+    @property
+    def new_items(self) -> np.ndarray:
+        """Items the catalogue marks as new (public): the split's cold items, if any."""
+        return self.split.cold_items
 
     def local(self, users: np.ndarray) -> LocalData:
         """The `LocalData` of the given global user indices."""
@@ -141,6 +147,7 @@ def setup(cfg: RunConfig) -> tuple[Corpus, Catalogue, RecModel]:
     model = RecModel(
         cfg.model, n_items=corpus.data.n_items, history_len=cfg.data.history_len, device=device()
     )
+    set_new_items(model, corpus.new_items)
     n_layers = model.n_lower + cfg.model.lora.layers
     cat = load_catalogue(cfg.model, corpus.data.item_texts, n_layers)
     return corpus, cat, model

@@ -45,6 +45,7 @@ from common.replies import Decline, TrainReply
 from common.run_result import RunResult, load_run
 from common.task import setup
 from simulations import cli
+from simulations.fairness import cold_start
 
 # The central party's policy: a trusted curator holding every user. It evaluates in the
 # clear (so it plans no noised evaluation release), keeps no budget across runs (each run is
@@ -146,7 +147,7 @@ def run(cfg: RunConfig, out: Path, *, which: str = "test") -> RunResult:
     baselines = _baselines(corpus, cfg, privacy, which)
     wall = time.perf_counter() - t0
     per_user = ev.per_user()
-    results = {
+    results: dict[str, Any] = {
         "setting": "central",
         "evaluated": which,
         "dataset": cfg.data.dataset,
@@ -162,6 +163,10 @@ def run(cfg: RunConfig, out: Path, *, which: str = "test") -> RunResult:
         "per_user": {k: np.asarray(v).tolist() for k, v in per_user.items()},
         "config": cfg.flat(),
     }
+    if len(corpus.split.cold_items):  # users whose evaluated item is cold vs the rest
+        results["cold_start"] = cold_start(
+            results, corpus, seed=cfg.train.seed, which=which, text_only=False
+        )
     return _save(out, site, results)
 
 

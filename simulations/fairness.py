@@ -107,13 +107,19 @@ def _rank_stats(rank: np.ndarray, n_items: int) -> dict[str, float]:
 
 
 def cold_start(
-    results: RunResult | Mapping[str, Any], corpus: Any, *, seed: int
+    results: RunResult | Mapping[str, Any],
+    corpus: Any,
+    *,
+    seed: int,
+    which: str = "test",
+    text_only: bool = True,
 ) -> dict[str, Any] | None:
-    """Model vs most-popular on users whose test item is cold (never in training) vs the rest.
+    """Model vs most-popular on users whose `which` item is cold (never in training) vs the rest.
 
-    Besides HR@10 / NDCG@10: HR@100 and the mean rank percentile of the test item, which show
+    Besides HR@10 / NDCG@10: HR@100 and the mean rank percentile of the item, which show
     what the text tower does for cold items even when a popularity-weighted top 10 never
-    reaches them (most-popular ranks every cold item among the never-seen ones).
+    reaches them (most-popular ranks every cold item among the never-seen ones). With
+    `text_only`, also the run's saved adapter with the prior off (`_text_only_cold`).
     """
     from common.evaluation.baseline_runs import evaluator_for
     from common.evaluation.baselines import create_baseline
@@ -126,7 +132,7 @@ def cold_start(
         return None
     n_items = corpus.data.n_items
     users = pu["user"].astype(np.int64)
-    cold = np.isin(split.test[users], split.cold_items)
+    cold = np.isin((split.valid if which == "valid" else split.test)[users], split.cold_items)
     out: dict[str, Any] = {
         "n_cold_items": int(len(split.cold_items)),
         "n_cold_users": int(cold.sum()),
@@ -143,7 +149,7 @@ def cold_start(
             lambda _r, known: np.asarray(pop.scores_for(known)),
             corpus.local(users[cold]),
             n_items,
-            which="test",
+            which=which,
             evaluator=evaluator_for(corpus, seed),
         )
         res = ev.result()
@@ -151,7 +157,7 @@ def cold_start(
             **{k: res[k] for k in ("hr@10", "ndcg@10")},
             **_rank_stats(ev.per_user()["rank"], n_items),
         }
-        text = _text_only_cold(results, corpus, users[cold], seed=seed)
+        text = _text_only_cold(results, corpus, users[cold], seed=seed) if text_only else None
         if text is not None:
             out["text-only_cold"] = text
     return out

@@ -60,6 +60,10 @@ class ModelConfig:
     cooc_items: int = 0
     cooc_lambda: float = 100.0
     cooc_weight: float = 1.0
+    # Items the catalogue marks as new (`common.model.new_items`); defaults let older adapters load.
+    new_items: bool = True
+    new_item_prior: float = 1.4
+    new_item_text_weight: float = 1.0
 
     def __post_init__(self) -> None:
         check(
@@ -95,6 +99,18 @@ class ModelConfig:
         check(self.cooc_lambda > 0, "model.cooc-lambda", self.cooc_lambda, "must be > 0")
         check(
             math.isfinite(self.cooc_weight), "model.cooc-weight", self.cooc_weight, "must be finite"
+        )
+        check(
+            math.isfinite(self.new_item_prior),
+            "model.new-item-prior",
+            self.new_item_prior,
+            "must be finite",
+        )
+        check(
+            0 <= self.new_item_text_weight < math.inf,
+            "model.new-item-text-weight",
+            self.new_item_text_weight,
+            "must be finite and >= 0",
         )
 
 

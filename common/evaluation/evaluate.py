@@ -13,6 +13,7 @@ from filelock import FileLock
 
 from common.evaluation.metrics import RankingEvaluator
 from common.model.catalogue import Catalogue
+from common.model.new_items import blend_new_items
 from common.model.towers import RecModel
 from common.model.train import LocalData
 
@@ -92,6 +93,7 @@ def model_score_fn(
         cooc = model.cooc_feature(ht, mt)
         public = prior if cooc is None else model.public_scores(cooc)
         s = users @ items.T / model.cfg.temperature + public
+        s = blend_new_items(model, s, ht, mt, cat)
         return s.float().cpu().numpy()
 
     return score

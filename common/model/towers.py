@@ -37,6 +37,7 @@ class RecModel(nn.Module):
 
     bert: PeftModel
     prior: torch.Tensor
+    new_item: torch.Tensor
     prior_weight: nn.Linear
     cooc: torch.Tensor | None
     cooc_weight: nn.Linear | None
@@ -102,6 +103,8 @@ class RecModel(nn.Module):
             if emb is not None:
                 nn.init.zeros_(emb.weight)
         self.register_buffer(PRIOR_KEY, torch.zeros(n_items))
+        # Public catalogue flag, set from the data (`common.model.new_items`); never travels.
+        self.register_buffer("new_item", torch.zeros(n_items, dtype=torch.bool), persistent=False)
         n_head = min(cfg.cooc_items, n_items)
         self.register_buffer(COOC_KEY, torch.zeros(n_head, n_head) if n_head else None)
         self.cooc_weight = nn.Linear(1, 1, bias=False) if n_head else None

@@ -1,0 +1,95 @@
+"""Items the catalogue marks as new: scored by text similarity and a new-item prior.
+
+A new item has no interactions anywhere (in the simulations: the split's cold items, withheld
+from every training history, `data.cold-start-share`; which items they are follows from the
+catalogue size alone, so the flag is public). Its released popularity count is pure noise and
+its trained per-item terms never moved, so the model's usual score says nothing about it and
+the popularity prior buries it. The model blends per item instead: an item with popularity
+evidence keeps ``text/LoRA similarity + w * prior``; a new item scores
+
+    ``a * tau * logsumexp_h(cos(f_i, f_h) / tau) / T + w * c``
+
+with ``f`` the frozen backbone's item vectors over the user's history ``h`` (a soft maximum,
+``tau`` = `SIM_TEMPERATURE`), ``T`` the model's temperature, ``w`` its (trained) prior weight,
+``a`` = `model.new-item-text-weight` and ``c`` = `model.new-item-prior`, the popularity a new
+item is credited with in the prior's standardised units. Only public text and the user's own
+history enter it; nothing is trained or released. ``c`` was chosen on the validation item
+(`simulations.new_items`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.model.catalogue import Catalogue
+from common.model.towers import RecModel
+
+# Soft maximum over the history's similarities: chosen on the validation item over the mean
+# and the hard maximum of the frozen cosine (BENCHMARKS.md, "Cold-start items").
+SIM_TEMPERATURE = 0.1
+
+
+def set_new_items(model: RecModel, items: np.ndarray) -> None:
+    """Mark `items` (indices into the catalogue) as new; an empty array marks none."""
+    items = np.asarray(items, dtype=np.int64)
+    n = int(model.prior.numel())
+    if items.size and (items.min() < 0 or items.max() >= n):
+        raise ValueError(f"new item indices must be in [0, {n}), got {items.min()}..{items.max()}")
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.from_numpy(items)] = True
+    model.new_item = mask.to(model.prior.device)
+
+
+def new_item_index(model: RecModel) -> torch.Tensor | None:
+    """Indices of the items marked new, or None (none marked, or `model.new-items` off)."""
+    mask = model.new_item
+    if not model.cfg.new_items or not bool(mask.any()):
+        return None
+    return mask.nonzero().squeeze(1)
+
+
+def text_similarity(
+    hist: torch.Tensor, hist_mask: torch.Tensor, items: torch.Tensor, cat: Catalogue
+) -> torch.Tensor:
+    """``[B, M]`` soft maximum over each history of the frozen cosine to each of `items`."""
+    dev = hist.device
+    frozen = torch.nn.functional.normalize(cat.frozen.float(), dim=-1)
+    cand = frozen[items.cpu()].to(dev)  # [M, H]
+    past = frozen[hist.cpu()].to(dev)  # [B, T, H]
+    sims = (past @ cand.T) / SIM_TEMPERATURE  # [B, T, M]
+    sims = sims.masked_fill(hist_mask.to(dev).unsqueeze(-1) == 0, float("-inf"))
+    out = SIM_TEMPERATURE * torch.logsumexp(sims, dim=1)
+    return torch.where(torch.isfinite(out), out, torch.zeros_like(out))  # empty history: 0
+
+
+def new_item_parts(
+    model: RecModel, hist: torch.Tensor, hist_mask: torch.Tensor, cat: Catalogue
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(new item indices ``[M]``, text part ``[B, M]``, prior part ``[M]``) or None."""
+    idx = new_item_index(model)
+    if idx is None:
+        return None
+    cfg = model.cfg
+    sim = text_similarity(hist, hist_mask, idx, cat)
+    text = cfg.new_item_text_weight * sim / cfg.temperature
+    weight = model.prior_weight.weight.reshape(()) if cfg.prior else torch.zeros(())
+    prior = (weight * cfg.new_item_prior).expand(idx.numel()).to(text.device)
+    return idx, text, prior
+
+
+def blend_new_items(
+    model: RecModel,
+    scores: torch.Tensor,
+    hist: torch.Tensor,
+    hist_mask: torch.Tensor,
+    cat: Catalogue,
+) -> torch.Tensor:
+    """`scores` ``[B, n_items]`` with the new items' columns replaced by their new-item score."""
+    parts = new_item_parts(model, hist, hist_mask, cat)
+    if parts is None:
+        return scores
+    idx, text, prior = parts
+    scores = scores.clone()
+    scores[:, idx.to(scores.device)] = (text + prior).to(scores.dtype)
+    return scores

@@ -1,0 +1,138 @@
+"""New items (a public catalogue flag): text similarity + new-item prior, not the model's score."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from client.recommender import Recommender
+from common.config.base import ConfigError
+from common.config.run import RunConfig
+from common.evaluation.evaluate import model_score_fn
+from common.model.adapter import catalogue_digest, write_adapter
+from common.model.catalogue import Catalogue
+from common.model.new_items import SIM_TEMPERATURE, set_new_items, text_similarity
+from common.model.towers import RecModel, trainable_state
+from common.task import Corpus, load_corpus, setup
+
+HL = 8
+
+
+def _histories(n_users: int, n_items: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    hist = torch.from_numpy(rng.integers(0, n_items, size=(n_users, HL)))
+    mask = torch.ones(n_users, HL)
+    mask[0, :5] = 0  # left padding
+    mask[1] = 0  # an empty history
+    return hist, mask
+
+
+def test_text_similarity_matches_a_slow_reference(catalogue: Catalogue) -> None:
+    n = catalogue.frozen.shape[0]
+    hist, mask = _histories(5, n)
+    items = torch.tensor([0, 3, 7, n - 1])
+    got = text_similarity(hist, mask, items, catalogue)
+    f = catalogue.frozen.double()
+    for b in range(5):
+        for m, i in enumerate(items.tolist()):
+            real = [int(h) for h, k in zip(hist[b], mask[b], strict=True) if k > 0]
+            if not real:
+                assert float(got[b, m]) == 0.0
+                continue
+            cos = [float(f[i] @ f[h] / (f[i].norm() * f[h].norm())) for h in real]
+            ref = SIM_TEMPERATURE * math.log(sum(math.exp(c / SIM_TEMPERATURE) for c in cos))
+            assert float(got[b, m]) == pytest.approx(ref, abs=1e-5)
+
+
+def test_only_the_new_items_columns_change_and_they_follow_the_config(
+    make_model: Callable[..., RecModel], make_cfg: Callable[..., RunConfig],
+    catalogue: Catalogue, local: object,
+) -> None:  # fmt: skip
+    model = make_model()
+    n = int(model.prior.numel())
+    fn = model_score_fn(model, catalogue, history_len=HL)
+    rows = np.arange(4)
+    known = [np.array([1, 2, 3]), np.array([4]), np.array([5, 6, 7, 8]), np.array([9, 10])]
+    before = fn(rows, known)
+    new = np.array([0, 11, n - 1])
+    set_new_items(model, new)
+    after = model_score_fn(model, catalogue, history_len=HL)(rows, known)
+    keep = np.setdiff1d(np.arange(n), new)
+    np.testing.assert_array_equal(after[:, keep], before[:, keep])
+    assert not np.allclose(after[:, new], before[:, new])
+    # The new items' score: a * simtext / T + w * c, recomputed by hand.
+    cfg = model.cfg
+    hist = torch.zeros(4, HL, dtype=torch.long)
+    mask = torch.zeros(4, HL)
+    for j, k in enumerate(known):
+        hist[j, HL - len(k) :], mask[j, HL - len(k) :] = torch.from_numpy(k), 1
+    sim = text_similarity(hist, mask, torch.from_numpy(new), catalogue).numpy()
+    w = float(model.prior_weight.weight.detach())
+    expect = cfg.new_item_text_weight * sim / cfg.temperature + w * cfg.new_item_prior
+    np.testing.assert_allclose(after[:, new], expect, rtol=1e-5, atol=1e-5)
+    # Raising the new-item prior lifts exactly those columns by w * delta.
+    off = make_model(make_cfg(**{"model.new-items": False}))
+    set_new_items(off, new)
+    np.testing.assert_allclose(
+        model_score_fn(off, catalogue, history_len=HL)(rows, known), before, rtol=1e-6
+    )
+
+
+def test_bad_new_item_indices_and_config_values_are_refused(
+    make_model: Callable[..., RecModel], make_cfg: Callable[..., RunConfig]
+) -> None:
+    model = make_model()
+    with pytest.raises(ValueError, match="new item indices"):
+        set_new_items(model, np.array([int(model.prior.numel())]))
+    with pytest.raises(ConfigError, match="model.new-item-text-weight"):
+        make_cfg(**{"model.new-item-text-weight": -1.0})
+    with pytest.raises(ConfigError, match="model.new-item-prior"):
+        make_cfg(**{"model.new-item-prior": math.inf})
+
+
+def test_setup_marks_the_splits_cold_items_new(make_cfg: Callable[..., RunConfig]) -> None:
+    cfg = make_cfg(**{"data.cold-start-share": 0.2})
+    corpus, _, model = setup(cfg)
+    assert len(corpus.split.cold_items) == 12
+    assert set(np.flatnonzero(model.new_item.numpy())) == set(corpus.split.cold_items.tolist())
+    # no cold items in any training history: the flag is exactly "no interaction anywhere"
+    seen = np.unique(np.concatenate([t for t in corpus.split.train if len(t)]))
+    assert not np.isin(corpus.split.cold_items, seen).any()
+    assert "new_item" not in model.state_dict()  # a public flag from the data: never travels
+    assert "new_item" not in trainable_state(model)
+
+
+def test_a_new_item_matching_the_history_text_is_recommended_and_flagged(
+    make_cfg: Callable[..., RunConfig], tmp_path: Path, tiny_backbone: Path
+) -> None:
+    """The blend lifts a cold item whose text is nearest the history into the top 10; off, not."""
+    cfg = make_cfg(**{"data.cold-start-share": 0.2, "model.new-item-prior": 50.0})
+    corpus: Corpus = load_corpus(cfg.data)
+    _, cat, model = setup(cfg)
+    data = corpus.data
+    digest = catalogue_digest(data.item_ids, data.item_texts)
+    folder = write_adapter(model, tmp_path / "adapter", data=cfg.data, catalogue=digest)
+    rec = Recommender.load(folder, cfg.data, backbone=str(tiny_backbone),
+                           cache_dir=cfg.model.cache_dir)  # fmt: skip
+    warm = np.setdiff1d(np.arange(data.n_items), corpus.split.cold_items)
+    history = [data.item_ids[i] for i in warm[:3]]
+    top = rec.for_history(history, k=10)
+    flagged = [r for r in top if r.new_item]
+    assert flagged, "a new-item prior of 50 standard units puts new items in the top 10"
+    cold_ids = {str(data.item_ids[i]) for i in corpus.split.cold_items}
+    assert all(str(r.item) in cold_ids for r in flagged)
+    assert all(str(r.item) not in cold_ids for r in top if not r.new_item)
+    best = flagged[0]
+    assert best.because and best.score == pytest.approx(best.similarity + best.popularity)
+    assert sum(d.contribution for d in best.because) <= best.similarity + 1e-4
+    # With the blend off, the same adapter ranks as a model that marks no item new.
+    rec.model.cfg = make_cfg(**{"data.cold-start-share": 0.2, "model.new-items": False}).model
+    plain = [(r.item, r.score) for r in rec.for_history(history, k=10)]
+    set_new_items(rec.model, np.array([], dtype=np.int64))
+    assert plain == [(r.item, r.score) for r in rec.for_history(history, k=10)]
+    assert plain != [(r.item, r.score) for r in top]
