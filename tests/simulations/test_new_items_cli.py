@@ -1,0 +1,63 @@
+"""simulations.new_items: the new-item prior chosen on the validation item of a finished run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from common.model.backbone import make_tiny_backbone
+from simulations import centralized, new_items
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny central runs without DP: with 20% cold items, and without cold items."""
+    root = tmp_path_factory.mktemp("ni")
+    tiny = make_tiny_backbone(root / "tiny")
+    out = {}
+    for name, share in (("cold", 0.2), ("warm", 0.0)):
+        over = (f'model.backbone="{tiny}" model.cache-dir="{root / "cache"}" fed.rounds=1 '
+                f"data.synthetic-users=80 data.synthetic-items=60 data.cold-start-share={share}")
+        rc = centralized.main(["--dataset", "synthetic", "--epsilon", "inf", "--eval", "valid",
+                               "--out", str(root / name), "--run-config", over])  # fmt: skip
+        assert rc == 0
+        out[name] = root / name
+    return out
+
+
+def test_the_grid_is_scored_and_the_choice_follows_the_rule(runs: dict[str, Path]) -> None:
+    rc = new_items.main(["--run", str(runs["cold"]), "--priors=-50,0,1,50", "--test"])
+    assert rc == 0
+    res = json.loads((runs["cold"] / "new-items.json").read_text())
+    rows = res["valid"]
+    assert [r["new_item_prior"] for r in rows] == [None, -50.0, 0.0, 1.0, 50.0]
+    off, bottom, huge = rows[0], rows[1], rows[-1]
+    assert off["new users"] > 0
+    # -50 standard units put every new item below the 48 others, +50 above them all.
+    assert bottom["new hr@10"] == 0.0 < huge["new hr@10"]
+    assert res["chosen"] == new_items.choose(rows, 0.05)
+    assert res["chosen"]["hr@10"] >= 0.95 * off["hr@10"]
+    assert "test" in res and res["test"][1]["new_item_prior"] == res["chosen"]["new_item_prior"]
+    md = (runs["cold"] / "new-items.md").read_text()
+    assert "chosen" in md and "Test item" in md
+
+
+def test_choose_takes_the_largest_prior_within_the_tolerance() -> None:
+    rows = [{"new_item_prior": None, "hr@10": 0.10}]
+    rows += [{"new_item_prior": c, "hr@10": h} for c, h in ((0.0, 0.10), (1.0, 0.096),
+                                                             (2.0, 0.09), (3.0, 0.097))]
+    assert new_items.choose(rows, 0.05)["new_item_prior"] == 3.0
+    assert new_items.choose(rows, 0.02)["new_item_prior"] == 0.0
+    assert new_items.choose([rows[0], {"new_item_prior": 1.0, "hr@10": 0.0}], 0.05) is rows[0]
+
+
+def test_a_run_without_new_items_is_refused_by_name(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert new_items.main(["--run", str(runs["warm"])]) == 2
+    err = capsys.readouterr().err
+    assert "results.json" in err and "marks no item new" in err
+    assert new_items.main(["--run", str(runs["cold"]), "--tolerance", "1.5"]) == 2
+    assert "--tolerance" in capsys.readouterr().err
