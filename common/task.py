@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from common.config.model import ModelConfig
 from common.config.run import RunConfig
 from common.data.interactions import Interactions
 from common.data.loaders import load_dataset
+from common.data.new_items import read_new_items, resolve
 from common.data.short_users import SetAside, set_aside_short_users
 from common.data.split import Split, dominant_genre, leave_one_out, partition_users
 from common.model.catalogue import Catalogue, build_catalogue
@@ -42,6 +43,7 @@ class Corpus:
     split: Split
     all_data: Interactions | None = None
     set_aside: SetAside | None = None
+    listed_new: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def every_user(self) -> Interactions:
@@ -50,8 +52,8 @@ class Corpus:
 
     @property
     def new_items(self) -> np.ndarray:
-        """Items the catalogue marks as new (public): the split's cold items, if any."""
-        return self.split.cold_items
+        """Items the catalogue marks new: the split's cold items and `data.new-items-file`'s."""
+        return np.union1d(self.split.cold_items, self.listed_new).astype(np.int64)
 
     def local(self, users: np.ndarray) -> LocalData:
         """The `LocalData` of the given global user indices."""
@@ -83,7 +85,10 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     full = load_dataset(cfg.dataset, cfg.dir or None, min_interactions=0, **kwargs)
     data, aside = set_aside_short_users(full, cfg.min_interactions)
     split = leave_one_out(data, cold_start_share=cfg.cold_start_share)
-    return Corpus(data, split, full, aside)
+    listed = np.zeros(0, dtype=np.int64)
+    if cfg.new_items_file:
+        listed = read_new_items(resolve(cfg.new_items_file, cfg.dir), data.item_ids)
+    return Corpus(data, split, full, aside, listed)
 
 
 def client_users(

@@ -26,6 +26,7 @@ NODE_DATA_KEYS = {
     "item-id-column": "data.item-id-column",
     "text-columns": "data.text-columns",
     "genre-column": "data.genre-column",
+    "new-items-file": "data.new-items-file",
 }
 
 
@@ -52,6 +53,8 @@ class DataConfig:
     dirichlet_alpha: float
     synthetic_users: int
     synthetic_items: int
+    # Defaulted so that adapters written before it load.
+    new_items_file: str = ""
 
     def __post_init__(self) -> None:
         check(

@@ -13,6 +13,8 @@ import torch
 from client.recommender import Recommender
 from common.config.base import ConfigError
 from common.config.run import RunConfig
+from common.data.interactions import DataError
+from common.data.new_items import read_new_items, resolve
 from common.evaluation.evaluate import model_score_fn
 from common.model.adapter import catalogue_digest, write_adapter
 from common.model.catalogue import Catalogue
@@ -136,3 +138,29 @@ def test_a_new_item_matching_the_history_text_is_recommended_and_flagged(
     set_new_items(rec.model, np.array([], dtype=np.int64))
     assert plain == [(r.item, r.score) for r in rec.for_history(history, k=10)]
     assert plain != [(r.item, r.score) for r in top]
+
+
+def test_a_sites_new_items_file_is_read_with_errors_naming_file_and_line(
+    make_cfg: Callable[..., RunConfig], tmp_path: Path
+) -> None:
+    cfg = make_cfg()
+    ids = load_corpus(cfg.data).data.item_ids
+    good = tmp_path / "new.txt"
+    good.write_text(f"# items added this week\n{ids[3]}\n\n  {ids[7]}  \n{ids[3]}\n")
+    assert read_new_items(good, ids).tolist() == [3, 7]
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text(f"{ids[1]}\n999999\n")
+    with pytest.raises(DataError, match=r"unknown.txt line 2: item id '999999' is not in"):
+        read_new_items(unknown, ids)
+    word = tmp_path / "word.txt"
+    word.write_text("toy story\n")
+    with pytest.raises(DataError, match=r"word.txt line 1: 'toy story' is not an item id"):
+        read_new_items(word, ids)
+    with pytest.raises(DataError, match="data.new-items-file: cannot read"):
+        read_new_items(tmp_path / "absent.txt", ids)
+    # In a run: relative to data.dir when set; the listed items are marked new.
+    listed = make_cfg(**{"data.new-items-file": str(good)})
+    corpus, _, model = setup(listed)
+    assert corpus.new_items.tolist() == [3, 7]
+    assert np.flatnonzero(model.new_item.numpy()).tolist() == [3, 7]
+    assert resolve("new.txt", str(tmp_path)) == good and resolve(str(good), "/x") == good
