@@ -30,7 +30,8 @@ class Driver:
     """A history item behind a recommendation: its attention weight and share of the score.
 
     ``contribution`` is its exact additive part of the similarity term (the similarities of
-    all history items sum to it); ``attention`` is its weight in the user tower.
+    all history items sum to it); ``attention`` is its weight in the user tower (for a new
+    item: its weight in the soft maximum over the history).
     """
 
     item: Any
@@ -179,7 +180,7 @@ class Recommender:
         new = new_item_parts(self.model, ht, mt, self.cat)
         if new is not None:
             sim, public = sim.clone(), public.clone()
-            sim[:, new[0]], public[:, new[0]] = new[1], new[2]
+            sim[:, new[0]], public[:, new[0]] = new[1].to(sim), new[2].to(public)
         scores = sim + public
         for j, s in enumerate(seen):
             scores[j, torch.from_numpy(np.asarray(s, dtype=np.int64))] = -torch.inf
@@ -188,26 +189,31 @@ class Recommender:
             n_free = int(torch.isfinite(scores[j]).sum())
             top = torch.topk(scores[j], min(k, n_free)).indices
             parts = (w[j].unsqueeze(0) * (self.items[top] @ x[j].T)) / (norm[j] * temp)
+            weights = w[j].expand(len(top), -1).clone()
             if new is not None:
-                parts = self._new_item_parts(top, ht[j], mt[j], parts)
+                self._new_item_parts(top, ht[j], mt[j], parts, weights)
             out.append([self._rec(r, int(i), float(sim[j, i]), float(public[j, i]), parts[r],
-                                  hist[j], w[j], explain)
+                                  hist[j], weights[r], explain)
                         for r, i in enumerate(top.tolist())])  # fmt: skip
         return out
 
     def _new_item_parts(
-        self, top: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor, parts: torch.Tensor
-    ) -> torch.Tensor:
-        """`parts` with each new item's row replaced by its soft-maximum drivers."""
+        self, top: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor, parts: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> None:  # fmt: skip
+        """Each new item's rows of `parts` and `weights` (in place): its soft-maximum drivers."""
         cfg = self.model.cfg
-        frozen = torch.nn.functional.normalize(self.cat.frozen.float(), dim=-1)
+        if not bool(mask.any()):
+            return
+        unit = torch.nn.functional.normalize
+        past = unit(self.cat.frozen[hist.cpu()].float(), dim=-1)
         for r, i in enumerate(top.tolist()):
             if self.new_item[i]:
-                cos = frozen[hist.cpu()] @ frozen[i]
+                cos = past @ unit(self.cat.frozen[i].float(), dim=0)
                 soft = torch.softmax(cos.masked_fill(mask.cpu() == 0, -torch.inf)
                                      / SIM_TEMPERATURE, 0)  # fmt: skip
                 parts[r] = (cfg.new_item_text_weight * soft * cos / cfg.temperature).to(parts)
-        return parts
+                weights[r] = soft.to(weights)
 
     def _rec(
         self, rank: int, item: int, sim: float, pop: float, parts: torch.Tensor,

@@ -30,7 +30,7 @@ def read_new_items(path: Path, item_ids: np.ndarray) -> np.ndarray:
     except OSError as exc:
         raise DataError(f"data.new-items-file: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        raise DataError(f"data.new-items-file {path}: not UTF-8 text ({exc.reason})") from None
     numeric = np.issubdtype(np.asarray(item_ids).dtype, np.integer)
     index = {str(v): i for i, v in enumerate(np.asarray(item_ids).tolist())}
     found: list[int] = []
@@ -44,10 +44,12 @@ def read_new_items(path: Path, item_ids: np.ndarray) -> np.ndarray:
                 key = str(int(text))
             except ValueError:
                 raise DataError(
-                    f"{path} line {no}: {text!r} is not an item id (the catalogue's ids are "
-                    "integers)"
+                    f"data.new-items-file {path} line {no}: {text!r} is not an item id "
+                    "(the catalogue's ids are integers)"
                 ) from None
         if key not in index:
-            raise DataError(f"{path} line {no}: item id {text!r} is not in the catalogue")
+            raise DataError(
+                f"data.new-items-file {path} line {no}: item id {text!r} is not in the catalogue"
+            )
         found.append(index[key])
     return np.unique(np.asarray(found, dtype=np.int64))

@@ -104,6 +104,8 @@ def _meta(
             for k, v in dataclasses.asdict(data).items()
             if k != "dir"
         }
+        if Path(data.new_items_file).is_absolute():  # no site path in the folder: see docs
+            data_settings["data.new-items-file"] = ""
     return {
         "format": FORMAT,
         "model": settings,

@@ -54,9 +54,9 @@ def text_similarity(
 ) -> torch.Tensor:
     """``[B, M]`` soft maximum over each history of the frozen cosine to each of `items`."""
     dev = hist.device
-    frozen = torch.nn.functional.normalize(cat.frozen.float(), dim=-1)
-    cand = frozen[items.cpu()].to(dev)  # [M, H]
-    past = frozen[hist.cpu()].to(dev)  # [B, T, H]
+    unit = torch.nn.functional.normalize
+    cand = unit(cat.frozen[items.cpu()].float(), dim=-1).to(dev)  # [M, H]
+    past = unit(cat.frozen[hist.cpu()].float(), dim=-1).to(dev)  # [B, T, H]
     sims = (past @ cand.T) / SIM_TEMPERATURE  # [B, T, M]
     sims = sims.masked_fill(hist_mask.to(dev).unsqueeze(-1) == 0, float("-inf"))
     out = SIM_TEMPERATURE * torch.logsumexp(sims, dim=1)
@@ -66,14 +66,19 @@ def text_similarity(
 def new_item_parts(
     model: RecModel, hist: torch.Tensor, hist_mask: torch.Tensor, cat: Catalogue
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(new item indices ``[M]``, text part ``[B, M]``, prior part ``[M]``) or None."""
+    """(new item indices ``[M]``, text part ``[B, M]``, prior part ``[M]``) or None.
+
+    Before a prior is released (all zeros: no prior round yet, or none under central DP) the
+    other items carry no popularity term either, so neither does a new item.
+    """
     idx = new_item_index(model)
     if idx is None:
         return None
     cfg = model.cfg
     sim = text_similarity(hist, hist_mask, idx, cat)
     text = cfg.new_item_text_weight * sim / cfg.temperature
-    weight = model.prior_weight.weight.reshape(()) if cfg.prior else torch.zeros(())
+    released = cfg.prior and bool(model.prior.any())
+    weight = model.prior_weight.weight.reshape(()) if released else torch.zeros(())
     prior = (weight * cfg.new_item_prior).expand(idx.numel()).to(text.device)
     return idx, text, prior
 

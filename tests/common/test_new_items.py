@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +78,18 @@ def test_only_the_new_items_columns_change_and_they_follow_the_config(
     w = float(model.prior_weight.weight.detach())
     expect = cfg.new_item_text_weight * sim / cfg.temperature + w * cfg.new_item_prior
     np.testing.assert_allclose(after[:, new], expect, rtol=1e-5, atol=1e-5)
-    # Raising the new-item prior lifts exactly those columns by w * delta.
+    # Raising the new-item prior by 1 lifts exactly those columns by w.
+    model.cfg = dataclasses.replace(cfg, new_item_prior=cfg.new_item_prior + 1.0)
+    lifted = model_score_fn(model, catalogue, history_len=HL)(rows, known)
+    np.testing.assert_allclose(lifted[:, new] - after[:, new], w, rtol=1e-4)
+    np.testing.assert_array_equal(lifted[:, keep], before[:, keep])
+    # Before any prior is released the other items have no popularity term: nor do new ones.
+    model.cfg = cfg
+    with torch.no_grad():
+        model.prior.zero_()
+    unreleased = model_score_fn(model, catalogue, history_len=HL)(rows, known)
+    np.testing.assert_allclose(unreleased[:, new], expect - w * cfg.new_item_prior, atol=1e-5)
+    # The blend switched off scores as a model with no new items.
     off = make_model(make_cfg(**{"model.new-items": False}))
     set_new_items(off, new)
     np.testing.assert_allclose(
@@ -109,10 +121,11 @@ def test_setup_marks_the_splits_cold_items_new(make_cfg: Callable[..., RunConfig
     assert "new_item" not in trainable_state(model)
 
 
-def test_a_new_item_matching_the_history_text_is_recommended_and_flagged(
+def test_new_items_are_recommended_by_text_similarity_flagged_and_explained(
     make_cfg: Callable[..., RunConfig], tmp_path: Path, tiny_backbone: Path
 ) -> None:
-    """The blend lifts a cold item whose text is nearest the history into the top 10; off, not."""
+    """A large new-item prior lifts new items into the top 10, in the order of their text
+    similarity to the history; their drivers are the soft maximum's weights; off, no blend."""
     cfg = make_cfg(**{"data.cold-start-share": 0.2, "model.new-item-prior": 50.0})
     corpus: Corpus = load_corpus(cfg.data)
     _, cat, model = setup(cfg)
@@ -129,9 +142,25 @@ def test_a_new_item_matching_the_history_text_is_recommended_and_flagged(
     cold_ids = {str(data.item_ids[i]) for i in corpus.split.cold_items}
     assert all(str(r.item) in cold_ids for r in flagged)
     assert all(str(r.item) not in cold_ids for r in top if not r.new_item)
+    # All new items share the prior part: among them the order is the text similarity's.
+    hist_idx = torch.from_numpy(warm[:3]).unsqueeze(0)
+    sim = text_similarity(hist_idx, torch.ones(1, 3), torch.from_numpy(corpus.split.cold_items),
+                          cat)[0]  # fmt: skip
+    by_text = [str(data.item_ids[corpus.split.cold_items[i]])
+               for i in torch.argsort(sim, descending=True).tolist()]  # fmt: skip
+    assert [str(r.item) for r in flagged] == by_text[: len(flagged)]
     best = flagged[0]
-    assert best.because and best.score == pytest.approx(best.similarity + best.popularity)
-    assert sum(d.contribution for d in best.because) <= best.similarity + 1e-4
+    assert best.score == pytest.approx(best.similarity + best.popularity)
+    assert len(best.because) == 3  # every history item, by its soft-maximum weight
+    assert sum(d.attention for d in best.because) == pytest.approx(1.0, abs=1e-5)
+    cfgm = rec.model.cfg
+    for d in best.because:
+        i, h = int(np.flatnonzero(data.item_ids == best.item)[0]), int(
+            np.flatnonzero(data.item_ids == d.item)[0])  # fmt: skip
+        f = torch.nn.functional.normalize(cat.frozen.float(), dim=-1)
+        cos = float(f[i] @ f[h])
+        assert d.contribution == pytest.approx(
+            cfgm.new_item_text_weight * d.attention * cos / cfgm.temperature, rel=1e-4)
     # With the blend off, the same adapter ranks as a model that marks no item new.
     rec.model.cfg = make_cfg(**{"data.cold-start-share": 0.2, "model.new-items": False}).model
     plain = [(r.item, r.score) for r in rec.for_history(history, k=10)]
@@ -163,4 +192,9 @@ def test_a_sites_new_items_file_is_read_with_errors_naming_file_and_line(
     corpus, _, model = setup(listed)
     assert corpus.new_items.tolist() == [3, 7]
     assert np.flatnonzero(model.new_item.numpy()).tolist() == [3, 7]
+    # With cold items as well: both are new.
+    both = load_corpus(make_cfg(**{"data.new-items-file": str(good),
+                                   "data.cold-start-share": 0.2}).data)  # fmt: skip
+    expect = sorted({3, 7} | set(both.split.cold_items.tolist()))
+    assert both.new_items.tolist() == expect and len(expect) > 12
     assert resolve("new.txt", str(tmp_path)) == good and resolve(str(good), "/x") == good

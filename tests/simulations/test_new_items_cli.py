@@ -27,6 +27,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def test_a_central_run_reports_users_whose_item_is_cold(runs: dict[str, Path]) -> None:
+    cold = json.loads((runs["cold"] / "results.json").read_text())["cold_start"]
+    assert cold["n_cold_items"] == 12 and cold["n_cold_users"] > 0
+    assert set(cold) >= {"cold", "warm", "most-popular_cold"}
+    assert 0.0 <= cold["cold"]["hr@100"] <= 1.0
+    assert "cold_start" not in json.loads((runs["warm"] / "results.json").read_text())
+
+
 def test_the_grid_is_scored_and_the_choice_follows_the_rule(runs: dict[str, Path]) -> None:
     rc = new_items.main(["--run", str(runs["cold"]), "--priors=-50,0,1,50", "--test"])
     assert rc == 0
