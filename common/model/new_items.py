@@ -26,7 +26,7 @@ from common.model.catalogue import Catalogue
 from common.model.towers import RecModel
 
 # Soft maximum over the history's similarities: chosen on the validation item over the mean
-# and the hard maximum of the frozen cosine (BENCHMARKS.md, "Cold-start items").
+# and the hard maximum of the frozen cosine (BENCHMARKS.md, "Issue 13, goal 4: cold-start items").
 SIM_TEMPERATURE = 0.1
 
 
