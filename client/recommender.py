@@ -16,7 +16,7 @@ from common.data.interactions import Interactions
 from common.evaluation.evaluate import item_matrix
 from common.io import clean_json
 from common.model.adapter import AdapterInfo, catalogue_digest, open_adapter
-from common.model.new_items import SIM_TEMPERATURE, new_item_parts, set_new_items
+from common.model.new_items import history_cosines, new_item_parts, set_new_items, soft_weights
 from common.model.towers import RecModel
 from common.task import device, load_catalogue, load_corpus
 
@@ -202,18 +202,15 @@ class Recommender:
         weights: torch.Tensor,
     ) -> None:  # fmt: skip
         """Each new item's rows of `parts` and `weights` (in place): its soft-maximum drivers."""
-        cfg = self.model.cfg
-        if not bool(mask.any()):
+        rows = [r for r, i in enumerate(top.tolist()) if self.new_item[i]]
+        if not rows:
             return
-        unit = torch.nn.functional.normalize
-        past = unit(self.cat.frozen[hist.cpu()].float(), dim=-1)
-        for r, i in enumerate(top.tolist()):
-            if self.new_item[i]:
-                cos = past @ unit(self.cat.frozen[i].float(), dim=0)
-                soft = torch.softmax(cos.masked_fill(mask.cpu() == 0, -torch.inf)
-                                     / SIM_TEMPERATURE, 0)  # fmt: skip
-                parts[r] = (cfg.new_item_text_weight * soft * cos / cfg.temperature).to(parts)
-                weights[r] = soft.to(weights)
+        cos = history_cosines(hist[None], mask[None], top[rows], self.cat)  # [1, T, R]
+        soft = soft_weights(cos)[0].T  # [R, T]
+        cfg = self.model.cfg
+        drive = cfg.new_item_text_weight * soft * torch.nan_to_num(cos[0].T, neginf=0.0)
+        parts[rows] = (drive / cfg.temperature).to(parts)
+        weights[rows] = soft.to(weights)
 
     def _rec(
         self, rank: int, item: int, sim: float, pop: float, parts: torch.Tensor,

@@ -49,17 +49,29 @@ def new_item_index(model: RecModel) -> torch.Tensor | None:
     return mask.nonzero().squeeze(1)
 
 
-def text_similarity(
+def history_cosines(
     hist: torch.Tensor, hist_mask: torch.Tensor, items: torch.Tensor, cat: Catalogue
 ) -> torch.Tensor:
-    """``[B, M]`` soft maximum over each history of the frozen cosine to each of `items`."""
+    """``[B, T, M]`` frozen cosine of each history position to each of `items`; -inf on padding."""
     dev = hist.device
     unit = torch.nn.functional.normalize
     cand = unit(cat.frozen[items.cpu()].float(), dim=-1).to(dev)  # [M, H]
     past = unit(cat.frozen[hist.cpu()].float(), dim=-1).to(dev)  # [B, T, H]
-    sims = (past @ cand.T) / SIM_TEMPERATURE  # [B, T, M]
-    sims = sims.masked_fill(hist_mask.to(dev).unsqueeze(-1) == 0, float("-inf"))
-    out = SIM_TEMPERATURE * torch.logsumexp(sims, dim=1)
+    return (past @ cand.T).masked_fill(hist_mask.to(dev).unsqueeze(-1) == 0, float("-inf"))
+
+
+def soft_weights(cos: torch.Tensor) -> torch.Tensor:
+    """The soft maximum's weights over the history (dim 1) of `history_cosines`' output."""
+    return torch.nan_to_num(torch.softmax(cos / SIM_TEMPERATURE, dim=1))  # empty history: 0
+
+
+def text_similarity(
+    hist: torch.Tensor, hist_mask: torch.Tensor, items: torch.Tensor, cat: Catalogue
+) -> torch.Tensor:
+    """``[B, M]`` soft maximum over each history of the frozen cosine to each of `items`."""
+    out = SIM_TEMPERATURE * torch.logsumexp(
+        history_cosines(hist, hist_mask, items, cat) / SIM_TEMPERATURE, dim=1
+    )
     return torch.where(torch.isfinite(out), out, torch.zeros_like(out))  # empty history: 0
 
 
@@ -90,11 +102,10 @@ def blend_new_items(
     hist_mask: torch.Tensor,
     cat: Catalogue,
 ) -> torch.Tensor:
-    """`scores` ``[B, n_items]`` with the new items' columns replaced by their new-item score."""
+    """`scores` ``[B, n_items]`` with the new items' columns set, in place, to their new score."""
     parts = new_item_parts(model, hist, hist_mask, cat)
     if parts is None:
         return scores
     idx, text, prior = parts
-    scores = scores.clone()
     scores[:, idx.to(scores.device)] = (text + prior).to(scores.dtype)
     return scores
