@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -87,8 +89,31 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     split = leave_one_out(data, cold_start_share=cfg.cold_start_share)
     listed = np.zeros(0, dtype=np.int64)
     if cfg.new_items_file:
-        listed = read_new_items(resolve(cfg.new_items_file, cfg.dir), data.item_ids)
+        path = resolve(cfg.new_items_file, cfg.dir)
+        listed = read_new_items(path, data.item_ids)
+        _warn_listed_with_interactions(path, listed, split, data.item_ids)
     return Corpus(data, split, full, aside, listed)
+
+
+def _warn_listed_with_interactions(
+    path: Path, listed: np.ndarray, split: Split, item_ids: np.ndarray
+) -> None:
+    """Warn when items listed as new already have training interactions at this site.
+
+    They are still scored by text (the list is the site's word), but their popularity
+    evidence is then ignored, which is rarely what the operator meant.
+    """
+    if listed.size == 0:
+        return
+    seen = np.unique(np.concatenate([np.asarray(t, dtype=np.int64) for t in split.train]))
+    used = np.intersect1d(listed, seen)
+    if used.size:
+        warnings.warn(
+            f"data.new-items-file {path}: {used.size} of {listed.size} listed items already "
+            f"have training interactions (e.g. item id {item_ids[used[0]]}); they are scored "
+            "as new items (by text) and their popularity evidence is not used",
+            stacklevel=3,
+        )
 
 
 def client_users(

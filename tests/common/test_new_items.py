@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -189,7 +190,10 @@ def test_a_sites_new_items_file_is_read_with_errors_naming_file_and_line(
         read_new_items(tmp_path / "absent.txt", ids)
     # In a run: relative to data.dir when set; the listed items are marked new.
     listed = make_cfg(**{"data.new-items-file": str(good)})
-    corpus, _, model = setup(listed)
+    seen = set(np.concatenate(load_corpus(cfg.data).split.train).tolist())
+    assert {3, 7} & seen  # listed items with interactions: the operator is warned
+    with pytest.warns(UserWarning, match=r"new.txt: \d of 2 listed items already have"):
+        corpus, _, model = setup(listed)
     assert corpus.new_items.tolist() == [3, 7]
     assert np.flatnonzero(model.new_item.numpy()).tolist() == [3, 7]
     # With cold items as well: both are new.
@@ -198,3 +202,10 @@ def test_a_sites_new_items_file_is_read_with_errors_naming_file_and_line(
     expect = sorted({3, 7} | set(both.split.cold_items.tolist()))
     assert both.new_items.tolist() == expect and len(expect) > 12
     assert resolve("new.txt", str(tmp_path)) == good and resolve(str(good), "/x") == good
+    # Listing only items without interactions (here the split's cold items) warns nothing.
+    cold = tmp_path / "cold.txt"
+    cold.write_text("".join(f"{ids[i]}\n" for i in both.split.cold_items[:3]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_corpus(make_cfg(**{"data.new-items-file": str(cold),
+                                "data.cold-start-share": 0.2}).data)  # fmt: skip
