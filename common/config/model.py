@@ -10,6 +10,7 @@ from common.config.base import check
 # train.loss: sampled softmax over per-user negatives; full softmax over the catalogue with the
 # targets scored live through LoRA ("full") or all items from the per-epoch cache ("full-cached").
 LOSSES = ("sampled", "full", "full-cached")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,16 @@ class TrainConfig:
     positions: str
     seed: int
     eval_users: int
+    lr_schedule: str
 
     def __post_init__(self) -> None:
         check(0 < self.lr < math.inf, "train.lr", self.lr, "must be finite and > 0")
+        check(
+            self.lr_schedule in LR_SCHEDULES,
+            "train.lr-schedule",
+            self.lr_schedule,
+            f"must be one of {', '.join(repr(x) for x in LR_SCHEDULES)}",
+        )
         check(0 < self.epochs < math.inf, "train.epochs", self.epochs, "must be finite and > 0")
         check(self.batch_users >= 1, "train.batch-users", self.batch_users, "must be >= 1")
         check(

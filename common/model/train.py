@@ -197,7 +197,8 @@ def train(
     ``cfg.epochs`` epochs. The full-softmax losses read the catalogue's text states from a
     stop-gradient cache, refreshed every epoch (``"full"``; ``"full-cached"`` trains no LoRA).
     With ``proximal_mu > 0`` (FedProx), each step is followed by the proximal step
-    ``w -= lr * mu * (w - anchor)``; it touches no data, so it costs no privacy.
+    ``w -= lr * mu * (w - anchor)``; it touches no data, so it costs no privacy. The step's
+    learning rate follows ``train.lr-schedule`` (`lr_factor`).
     """
     rows = data.trainable()
     n = len(rows)
@@ -231,9 +232,12 @@ def train(
                                         per_position=cuts is not None)  # fmt: skip
                 total_loss += loss
                 seen += count
+            lr = cfg.lr * lr_factor(cfg.lr_schedule, step, len(sampler))
+            for group in opt.param_groups:
+                group["lr"] = lr
             opt.step()
             if proximal_mu > 0 and anchor is not None:
-                _proximal_step(model, anchor, cfg.lr * proximal_mu)
+                _proximal_step(model, anchor, lr * proximal_mu)
             if progress is not None:
                 progress(step + 1, len(sampler), total_loss / max(seen, 1))
     finally:
@@ -243,6 +247,20 @@ def train(
             p.grad_sample = None  # type: ignore[attr-defined]
         model.eval()
     return TrainStats(total_loss / max(seen, 1), len(sampler), seen, time.perf_counter() - t0)
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """Learning-rate multiplier of step `step` (0-based) of a local round of `steps` steps.
+
+    ``"constant"``: 1. ``"cosine"``: ``(1 + cos(pi * step / steps)) / 2``, from 1 at the first
+    step down towards 0 at the last (each local round restarts it). Data-independent, so it
+    costs no privacy under DP.
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1)))
+    raise ValueError(f"`train.lr-schedule` must be 'constant' or 'cosine', got {schedule!r}")
 
 
 def _sampling(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -17,6 +19,7 @@ from common.model.towers import RecModel, trainable_state
 from common.model.train import (
     Batch,
     LocalData,
+    lr_factor,
     make_batch,
     per_user_loss,
     regroup_grad_samples,
@@ -397,3 +400,39 @@ def test_fedprox_anchor_taken_with_trainable_state_stays_fixed(
     after = fedprox_run(model, cfg, catalogue, local, trainable_state(model))
     for k in start:
         np.testing.assert_allclose(after[k], start[k], atol=1e-6, err_msg=k)
+
+
+def test_lr_factor_follows_the_schedule() -> None:
+    assert [lr_factor("constant", s, 4) for s in range(4)] == [1.0] * 4
+    cos = [lr_factor("cosine", s, 4) for s in range(4)]
+    np.testing.assert_allclose(cos, [1.0, (1 + 2**-0.5) / 2, 0.5, (1 - 2**-0.5) / 2])
+    with pytest.raises(ValueError, match="train.lr-schedule"):
+        lr_factor("linear", 0, 4)
+
+
+@pytest.mark.parametrize("dp", [None, plan(1.0, steps=4)], ids=["plain", "dp"])
+def test_every_step_uses_the_scheduled_learning_rate(
+    dp: DPPlan | None,
+    cfg: RunConfig,
+    make_model: Callable[..., RecModel],
+    catalogue: Catalogue,
+    local: LocalData,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[float] = []
+    adam_step = torch.optim.Adam.step
+
+    def spy(self: torch.optim.Adam, *args: object, **kwargs: object) -> object:
+        seen.append(self.param_groups[0]["lr"])
+        return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    sched = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr_schedule="cosine"))
+    run_train(make_model(), sched, catalogue, local, dp, seed=0)
+    steps = len(seen)
+    assert steps >= 3
+    expect = [sched.train.lr * 0.5 * (1 + math.cos(math.pi * s / steps)) for s in range(steps)]
+    np.testing.assert_allclose(seen, expect, rtol=1e-12)
+    seen.clear()
+    run_train(make_model(), cfg, catalogue, local, dp, seed=0)
+    assert seen == [cfg.train.lr] * steps
