@@ -123,6 +123,35 @@ def section_dp_baselines(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _cold_over_seeds(rows: list[dict[str, Any]]) -> list[str]:
+    """Mean ± std of the cold-start figures over the runs (seeds) of each setting and epsilon.
+
+    Empty when no setting has more than one run (the table above says it all).
+    """
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((str(r.get("setting")), eps_of(r)), []).append(r)
+    if all(len(rs) < 2 for rs in groups.values()):
+        return []
+    out = [
+        "Over seeds (mean ± std of the runs of each setting and epsilon):",
+        "",
+        "| setting | epsilon | runs | HR@100 cold | HR@10 cold | HR@10 warm | HR@10 all users |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (setting, eps), rs in sorted(groups.items(), key=lambda g: (g[0][0], -g[0][1])):
+        cold = [r["cold_start"].get("cold") or {} for r in rs]
+        warm = [r["cold_start"].get("warm") or {} for r in rs]
+        out.append(
+            f"| {setting} | {fmt(eps)} | {len(rs)} "
+            f"| {_mean_std([num(c.get('hr@100')) for c in cold])} "
+            f"| {_mean_std([num(c.get('hr@10')) for c in cold])} "
+            f"| {_mean_std([num(w.get('hr@10')) for w in warm])} "
+            f"| {_mean_std([num((r.get('metrics') or {}).get('hr@10')) for r in rs])} |"
+        )
+    return [*out, ""]
+
+
 def section_items(pts: list[dict], central: list[dict], plots: Path) -> list[str]:
     """Item side: coverage, long-tail share, exposure Gini per point and baseline (bars)."""
     named = [(label(r), r.get("metrics") or {}) for r in pts + central]
@@ -190,6 +219,7 @@ def section_cold(rows: list[dict]) -> list[str]:
     return [
         *out,
         "",
+        *_cold_over_seeds(have),
         "Cold items were never in any training list, so most-popular (and any ID-based CF) can "
         "only rank them among the never-seen items; the text tower scores them from their "
         "titles and genres. Text only: the run's final adapter with the popularity prior's "
