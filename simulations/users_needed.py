@@ -9,13 +9,21 @@ most-popular baseline, EASE and, for DP runs, DP-EASE at the run's epsilon and d
 (HR@10 against users, log scale, the baselines dotted). A finished point is not re-run:
 its ``results.json`` is read back, so an interrupted study resumes where it stopped.
 
+Each finished point also leaves a small record, ``points/<point>.json`` (its full config and
+its row of the report), small enough to commit: ``--reuse DIR`` takes the points of such a
+folder whose config matches exactly instead of running them, so a study too long for one
+sitting resumes on another machine or checkout. ``--report-only`` runs nothing and reports
+the points already there (the others are listed as missing).
+
 Example::
 
     python -m simulations.users_needed --out runs/users-needed --sizes 150,600,2500,10000
+    python -m simulations.users_needed --out runs/un --reuse docs/examples/users-needed/points
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
@@ -54,14 +62,61 @@ def point_config(base: dict[str, Any], users: int, epsilon: float, seed: int) ->
     return parse_config(over)
 
 
+def same_config(recorded: dict[str, Any], cfg: RunConfig) -> bool:
+    """Whether a recorded flat config is `cfg`'s.
+
+    A key the record lacks (added to the code after it was written) counts at its default:
+    new keys default to the earlier behaviour, so the record still describes the point.
+    """
+    defaults = clean_json(parse_config({}).flat())
+    return {**defaults, **recorded} == clean_json(cfg.flat())
+
+
+def finished(cfg: RunConfig, out: Path) -> bool:
+    """Whether `out` holds a finished central run of exactly `cfg`."""
+    done = out / "results.json"
+    return done.exists() and same_config(load_run(done).config, cfg)
+
+
 def run_point(cfg: RunConfig, out: Path) -> RunResult:
     """One point's results; reads a finished run back instead of re-running it."""
-    done = out / "results.json"
-    if done.exists():
-        res = load_run(done)
-        if res.config == clean_json(cfg.flat()):
-            return res
+    if finished(cfg, out):
+        return load_run(out / "results.json")
     return central_run(cfg, out)
+
+
+def read_record(path: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """The row of a point record at `path` if it exists and its config is exactly `cfg`'s."""
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        same = same_config(rec["config"], cfg)
+        row = dict(rec["row"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a users-needed point record ({exc})") from None
+    if not same:
+        return None
+    for key in ("epsilon", "epsilon_spent"):  # "inf" in JSON
+        if row.get(key) is not None:
+            row[key] = float(row[key])
+    return row
+
+
+def point_row(users: int, eps: float, seed: int, res: RunResult) -> dict[str, Any]:
+    """One point's row of the report from its run's results."""
+    return {
+        "users": users,
+        "epsilon": eps,
+        "seed": seed,
+        "hr@10": res.metrics["hr@10"],
+        "ndcg@10": res.metrics["ndcg@10"],
+        "most-popular hr@10": res.baselines["most-popular"]["hr@10"],
+        **{f"{b} hr@10": res.baselines[b]["hr@10"] for b in BASELINES if b in res.baselines},
+        "epsilon_spent": res.privacy.epsilon,
+        "delta": res.privacy.delta,
+        "wall_s": res.timing["wall_s"],
+    }
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -149,42 +204,58 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
 
 
 def study(
-    out: Path, sizes: list[int], epsilons: list[float], seeds: int, base: dict[str, Any]
+    out: Path,
+    sizes: list[int],
+    epsilons: list[float],
+    seeds: int,
+    base: dict[str, Any],
+    *,
+    reuse: list[Path] | None = None,
+    run_missing: bool = True,
 ) -> dict[str, Any]:
-    """Run every point (resumable), then write the JSON, the table and the plot."""
-    rows = []
+    """Run every point (resumable), then write the JSON, the table and the plot.
+
+    A point is taken, in this order, from its record in ``out/points``, from a record in one
+    of the `reuse` folders (copied into ``out/points``), from ``out/<point>/results.json``, or
+    run (unless `run_missing` is false: then it is listed under ``missing``). Every record's
+    config must equal the point's exactly.
+    """
+    rows, missing = [], []
     points = [(n, e, s) for n in sizes for e in epsilons for s in range(seeds)]
     t0 = time.perf_counter()
     for i, (users, eps, seed) in enumerate(points, 1):
         cfg = point_config(base, users, eps, seed)
         name = f"users{users}-eps{'inf' if math.isinf(eps) else f'{eps:g}'}-seed{seed}"
-        res = run_point(cfg, out / name)
-        row = {
-            "users": users,
-            "epsilon": eps,
-            "seed": seed,
-            "hr@10": res.metrics["hr@10"],
-            "ndcg@10": res.metrics["ndcg@10"],
-            "most-popular hr@10": res.baselines["most-popular"]["hr@10"],
-            **{f"{b} hr@10": res.baselines[b]["hr@10"] for b in BASELINES if b in res.baselines},
-            "epsilon_spent": res.privacy.epsilon,
-            "delta": res.privacy.delta,
-            "wall_s": res.timing["wall_s"],
-        }
+        record = out / "points" / f"{name}.json"
+        row, how = read_record(record, cfg), "recorded"
+        for folder in reuse or []:
+            if row is None:
+                row, how = read_record(folder / f"{name}.json", cfg), f"reused from {folder}"
+        if row is None:
+            done = finished(cfg, out / name)
+            if not run_missing and not done:
+                missing.append(name)
+                print(f"[{i}/{len(points)}] {name}: missing (not run)", file=sys.stderr)
+                continue
+            row = point_row(users, eps, seed, run_point(cfg, out / name))
+            how = "read back" if done else "run"
+        write_json_atomic(record, {"config": cfg.flat(), "row": row})
         rows.append(row)
         print(
-            f"[{i}/{len(points)}] {name}: HR@10 {row['hr@10']:.4f} "
-            f"({time.perf_counter() - t0:.0f} s so far)",
+            f"[{i}/{len(points)}] {name}: HR@10 {row['hr@10']:.4f} ({how}; "
+            f"{time.perf_counter() - t0:.0f} s so far)",
             file=sys.stderr,
             flush=True,
         )
     summary = summarise(rows)
-    result = {"runs": rows, "summary": summary, "base": base}
+    result = {"runs": rows, "summary": summary, "base": base, "missing": missing}
     write_json_atomic(out / "users-needed.json", result)
     tmp = out / "users-needed.md.tmp"
-    tmp.write_text(table(summary))
+    note = f"\nNot run yet ({len(missing)}): {', '.join(missing)}\n" if missing else ""
+    tmp.write_text(table(summary) + note)
     tmp.replace(out / "users-needed.md")
-    plot(summary, out / "users-needed.png")
+    if summary:
+        plot(summary, out / "users-needed.png")
     return result
 
 
@@ -206,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epsilons", default="8,inf", help="comma-separated; inf = no DP")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per point (>= 1)")
     cli.add_run_config(ap, 'overrides for every run, e.g. "fed.rounds=1 train.lr=0.01"')
+    ap.add_argument("--reuse", type=Path, action="append", default=[], metavar="DIR",
+                    help="a folder of point records (points/*.json) to take matching points "
+                    "from instead of running them (repeatable)")  # fmt: skip
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: report the points already finished or recorded")  # fmt: skip
     args = ap.parse_args(argv)
     try:
         sizes = _ints(args.sizes, "sizes")
@@ -213,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         base = parse_overrides(args.run_config)
-        res = study(args.out, sizes, epsilons, args.seeds, base)
+        for folder in args.reuse:
+            if not folder.is_dir():
+                raise ValueError(f"--reuse {folder}: not a folder")
+        res = study(args.out, sizes, epsilons, args.seeds, base, reuse=args.reuse,
+                    run_missing=not args.report_only)  # fmt: skip
     except (ConfigError, DataError, PrivacyError, ValueError) as exc:
         return cli.bad_input(exc)
     print(table(res["summary"]), end="")

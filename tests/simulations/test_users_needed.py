@@ -80,8 +80,34 @@ def test_the_study_runs_every_point_writes_its_report_and_resumes(
     again = U.study(tmp_path, [30, 60], [8.0, math.inf], 1, base)
     assert again["runs"] == res["runs"]
 
+    # Elsewhere (another checkout): the committed point records stand in for the runs.
+    records = tmp_path / "points"
+    assert sorted(p.name for p in records.glob("*.json")) == [
+        "users30-eps8-seed0.json", "users30-epsinf-seed0.json",
+        "users60-eps8-seed0.json", "users60-epsinf-seed0.json",
+    ]  # fmt: skip
+    elsewhere = U.study(tmp_path / "b", [30, 60], [8.0, math.inf], 1, base, reuse=[records])
+    assert clean_json(elsewhere["runs"]) == clean_json(res["runs"]) and not elsewhere["missing"]
+    # A record of another config is not taken (a changed learning rate makes every record
+    # foreign); with run_missing off nothing runs and the point is listed as missing.
+    other = U.study(tmp_path / "c", [30], [8.0], 1, {**base, "train.lr": 0.5}, reuse=[records],
+                    run_missing=False)  # fmt: skip
+    assert other["runs"] == [] and other["missing"] == ["users30-eps8-seed0"]
+    assert "Not run yet (1): users30-eps8-seed0" in (tmp_path / "c" / "users-needed.md").read_text()
+    # A key the record predates counts at its default.
+    rec = json.loads((records / "users30-eps8-seed0.json").read_text())
+    del rec["config"]["train.lr-schedule"]
+    (records / "users30-eps8-seed0.json").write_text(json.dumps(rec))
+    old = U.study(tmp_path / "d", [30], [8.0], 1, base, reuse=[records], run_missing=False)
+    assert len(old["runs"]) == 1 and not old["missing"]
+    (records / "users30-eps8-seed0.json").write_text("{not json")
+    with pytest.raises(ValueError, match="users30-eps8-seed0.json: not a users-needed point"):
+        U.study(tmp_path / "e", [30], [8.0], 1, base, reuse=[records], run_missing=False)
+
 
 def test_bad_sizes_are_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert U.main(["--out", str(tmp_path), "--sizes", "10,x"]) == 2
     assert "--sizes must be comma-separated integers" in capsys.readouterr().err
     assert U.main(["--out", str(tmp_path), "--sizes", "1"]) == 2
+    assert U.main(["--out", str(tmp_path), "--reuse", str(tmp_path / "absent")]) == 2
+    assert "absent: not a folder" in capsys.readouterr().err
