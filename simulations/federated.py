@@ -108,6 +108,23 @@ def run_status(env: dict[str, str]) -> dict[str, Any] | None:
     return max(runs, key=lambda r: str(r.get("pending-at", ""))) if runs else None
 
 
+def finished_run(overrides: dict[str, Any], out: Path) -> RunResult | None:
+    """The completed earlier run of exactly `overrides` in `out` (its results.json), or None.
+
+    Lets a sweep whose bookkeeping failed after the run (or was stopped) pick the run up
+    instead of repeating it. The config must match key for key, as `run` would write it.
+    """
+    out = out.resolve()
+    path = out / "results.json"
+    if not path.exists():
+        return None
+    res = load_run(path)
+    prepared, _ = _prepare(overrides, out, None, quiet=True)
+    if res.completed and res.config == clean_json(parse_config(prepared).flat()):
+        return res
+    return None
+
+
 def run(
     overrides: dict[str, Any], out: Path, *, num_supernodes: int | None = None, quiet: bool = False
 ) -> RunResult:

@@ -13,7 +13,9 @@ of the central rows) and ``[scale]`` (overrides of the ``--scale N`` run, plus i
 that is not a config key, ``clients-per-round``: clients sampled per round). Precedence: base <
 point < grid value < ``--run-config``. A point whose ``dp.epsilon`` is ``inf`` runs with
 ``dp.mode = "none"``. Each finished point appends one JSON line to ``DIR/results.jsonl``;
-points whose id (a hash of their overrides) already has a completed row are skipped.
+points whose id (a hash of their overrides) already has a completed row are skipped, and a
+point whose run completed but whose row failed (its results.json of the same config is there)
+is read back instead of run again.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def _attempt(pt: Point, out: Path, t0: float) -> dict[str, Any]:
             **run_scale(pt.overrides, out / "scale" / pt.id),
         }
     where = out / "points" / pt.id
-    run = federated.run(pt.overrides, where, quiet=True)
+    run = federated.finished_run(pt.overrides, where) or federated.run(
+        pt.overrides, where, quiet=True
+    )
     return make_row(pt, run, time.time() - t0)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from common.config.base import ConfigError
 from common.config.parse import parse_config
+from common.io import clean_json
 from common.run_result import RunResult
 from common.task import load_corpus
 from simulations import fairness, federated, report, sweep, sweep_plan, sweep_rows
@@ -298,3 +299,31 @@ def test_cold_start_section_summarises_seeds_per_setting_and_epsilon() -> None:
     assert "| local-4-sites | inf | 2 | 0.3000 ± 0.1000 |" in md
     assert "| local-4-sites | 8 | 1 | 0.1000 ± 0.0000 |" in md
     assert "Over seeds" not in "\n".join(section_cold(rows[:1] + rows[2:]))  # one run each
+
+
+def test_a_completed_run_is_read_back_when_only_its_row_failed(
+    tmp_path: Path, tiny_points: list[sweep_plan.Point], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pt = tiny_points[0]
+    where = (tmp_path / "points" / pt.id).resolve()
+    prepared, _ = federated._prepare(pt.overrides, where, None, quiet=True)
+    done = {**fake_results(pt.overrides), "config": clean_json(parse_config(prepared).flat())}
+    where.mkdir(parents=True)
+    (where / "results.json").write_text(json.dumps(clean_json(done)))
+    calls: list[str] = []
+
+    def fake_run(over: dict[str, Any], out: Path, **_: Any) -> RunResult:
+        calls.append(out.name)
+        return RunResult.from_json(fake_results(over, hr=0.3), str(out / "results.json"))
+
+    monkeypatch.setattr(federated, "run", fake_run)
+    rows = sweep.run_sweep([pt], tmp_path, log=lambda _: None)
+    assert calls == [] and rows[0]["status"] == "completed"
+    assert rows[0]["metrics"]["hr@10"] == pytest.approx(0.2)  # the file's, not a new run's
+    # A stopped run, or one of another config, is run again.
+    for changed in ({"status": "stopped"}, {"config": {**done["config"], "train.lr": 0.5}}):
+        (where / "results.json").write_text(json.dumps(clean_json({**done, **changed})))
+        (tmp_path / "results.jsonl").unlink()
+        rows = sweep.run_sweep([pt], tmp_path, log=lambda _: None)
+        assert rows[0]["metrics"]["hr@10"] == pytest.approx(0.3)
+    assert calls == [pt.id, pt.id]
