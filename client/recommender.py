@@ -177,10 +177,11 @@ class Recommender:
         pooled = (w.unsqueeze(-1) * x).sum(1)
         norm = pooled.norm(dim=-1).clamp_min(1e-12)  # as F.normalize
         sim = (pooled / norm.unsqueeze(-1)) @ self.items.T / temp
-        new = new_item_parts(self.model, ht, mt, self.cat)
+        new = new_item_parts(self.model, ht, mt, self.cat, sim + public, seen)
         if new is not None:
             sim, public = sim.clone(), public.clone()
-            sim[:, new[0]], public[:, new[0]] = new[1].to(sim), new[2].to(public)
+            sim[:, new[0]] = new[1].to(sim)
+            public[:, new[0]] = new[2].to(public).expand(len(hists), -1)
         scores = sim + public
         for j, s in enumerate(seen):
             scores[j, torch.from_numpy(np.asarray(s, dtype=np.int64))] = -torch.inf

@@ -65,6 +65,7 @@ class ModelConfig:
     new_items: bool = True
     new_item_prior: float = 1.4
     new_item_text_weight: float = 1.0
+    new_item_rank: int = 0  # 0: the older popularity-credit form (new_item_prior)
 
     def __post_init__(self) -> None:
         check(
@@ -112,6 +113,12 @@ class ModelConfig:
             "model.new-item-text-weight",
             self.new_item_text_weight,
             "must be finite and >= 0",
+        )
+        check(
+            self.new_item_rank >= 0,
+            "model.new-item-rank",
+            self.new_item_rank,
+            "must be >= 0 (0 = credit new items model.new-item-prior instead)",
         )
 
 

@@ -93,7 +93,7 @@ def model_score_fn(
         cooc = model.cooc_feature(ht, mt)
         public = prior if cooc is None else model.public_scores(cooc)
         s = users @ items.T / model.cfg.temperature + public
-        s = blend_new_items(model, s, ht, mt, cat)
+        s = blend_new_items(model, s, ht, mt, cat, known)
         return s.float().cpu().numpy()
 
     return score

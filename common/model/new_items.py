@@ -19,6 +19,8 @@ history enter it; nothing is trained or released. ``c`` was chosen on the valida
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -75,19 +77,68 @@ def text_similarity(
     return torch.where(torch.isfinite(out), out, torch.zeros_like(out))  # empty history: 0
 
 
-def new_item_parts(
-    model: RecModel, hist: torch.Tensor, hist_mask: torch.Tensor, cat: Catalogue
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(new item indices ``[M]``, text part ``[B, M]``, prior part ``[M]``) or None.
+def rank_anchor(
+    scores: torch.Tensor,
+    new: torch.Tensor,
+    rank: int,
+    known: Sequence[np.ndarray] | None = None,
+    hist: torch.Tensor | None = None,
+    hist_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[B, 1]``: the largest score below each user's `rank`-th best other candidate.
 
-    Before a prior is released (all zeros: no prior round yet, or none under central DP) the
-    other items carry no popularity term either, so neither does a new item.
+    Candidates are the items not marked `new` and not known to the user (`known`, else the
+    history positions of `hist` under `hist_mask`); a user with fewer candidates anchors below
+    the last of them, one with none at 0. A new item scored exactly the anchor ranks right
+    after that candidate.
+    """
+    warm = scores.detach().clone()
+    warm[:, new.to(warm.device)] = -torch.inf
+    if known is not None:
+        for j, k in enumerate(known):
+            warm[j, torch.as_tensor(np.asarray(k, dtype=np.int64), device=warm.device)] = -torch.inf
+    elif hist is not None and hist_mask is not None:
+        keep = hist_mask.to(warm.device) > 0
+        rows = torch.arange(len(warm), device=warm.device).unsqueeze(1).expand_as(hist)
+        warm[rows[keep], hist.to(warm.device)[keep]] = -torch.inf
+    top = torch.topk(warm, min(rank, warm.shape[1]), dim=1).values  # [B, rank], descending
+    finite = torch.isfinite(top)
+    last = finite.sum(1).clamp_min(1) - 1  # the rank-th candidate, or the last there is
+    q = top.gather(1, last.unsqueeze(1))
+    q = torch.where(torch.isfinite(q), q, torch.zeros_like(q))
+    return torch.nextafter(q, torch.full_like(q, -torch.inf))
+
+
+def new_item_parts(
+    model: RecModel,
+    hist: torch.Tensor,
+    hist_mask: torch.Tensor,
+    cat: Catalogue,
+    scores: torch.Tensor | None = None,
+    known: Sequence[np.ndarray] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(new item indices ``[M]``, text part ``[B, M]``, prior part ``[M]`` or ``[B, 1]``) or None.
+
+    With ``model.new-item-rank`` K > 0 the prior part is the user's rank anchor (`rank_anchor`
+    of `scores`, the other items' scores, which it then needs) and the text part
+    ``a * (sim - max sim) / T`` <= 0: the user's most similar new item ranks right after their
+    K-th best other unseen item, the rest follow by text similarity. With K = 0, the text part
+    is ``a * sim / T`` and the prior part ``w * c``; before a prior is released (all zeros: no
+    prior round yet, or none under central DP) the other items carry no popularity term
+    either, so neither does a new item.
     """
     idx = new_item_index(model)
     if idx is None:
         return None
     cfg = model.cfg
     sim = text_similarity(hist, hist_mask, idx, cat)
+    if cfg.new_item_rank > 0:
+        if scores is None:
+            raise ValueError("model.new-item-rank > 0 needs the other items' scores")
+        best = sim.max(dim=1, keepdim=True).values
+        text = cfg.new_item_text_weight * (sim - best) / cfg.temperature
+        anchor = rank_anchor(scores, idx, cfg.new_item_rank, known, hist, hist_mask)
+        return idx, text.to(scores.dtype), anchor.to(text.device)
     text = cfg.new_item_text_weight * sim / cfg.temperature
     released = cfg.prior and bool(model.prior.any())
     weight = model.prior_weight.weight.reshape(()) if released else torch.zeros(())
@@ -101,9 +152,14 @@ def blend_new_items(
     hist: torch.Tensor,
     hist_mask: torch.Tensor,
     cat: Catalogue,
+    known: Sequence[np.ndarray] | None = None,
 ) -> torch.Tensor:
-    """`scores` ``[B, n_items]`` with the new items' columns set, in place, to their new score."""
-    parts = new_item_parts(model, hist, hist_mask, cat)
+    """`scores` ``[B, n_items]`` with the new items' columns set, in place, to their new score.
+
+    `known`: each user's items that will not be recommended (for the rank anchor; default:
+    the history positions).
+    """
+    parts = new_item_parts(model, hist, hist_mask, cat, scores, known)
     if parts is None:
         return scores
     idx, text, prior = parts

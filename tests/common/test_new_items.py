@@ -209,3 +209,66 @@ def test_a_sites_new_items_file_is_read_with_errors_naming_file_and_line(
         warnings.simplefilter("error")
         load_corpus(make_cfg(**{"data.new-items-file": str(cold),
                                 "data.cold-start-share": 0.2}).data)  # fmt: skip
+
+
+@pytest.mark.parametrize("rank", [1, 3, 10_000])
+def test_rank_anchored_new_items_enter_below_the_users_kth_other_item(
+    rank: int, make_model: Callable[..., RecModel], make_cfg: Callable[..., RunConfig],
+    catalogue: Catalogue,
+) -> None:  # fmt: skip
+    model = make_model(make_cfg(**{"model.new-item-rank": rank,
+                                   "model.new-item-text-weight": 0.5}))  # fmt: skip
+    n = int(model.prior.numel())
+    rows = np.arange(4)
+    known = [np.array([1, 2, 3]), np.array([4]), np.array([5, 6, 7, 8]), np.array([9, 10])]
+    model.cfg = dataclasses.replace(model.cfg, new_items=False)
+    before = model_score_fn(model, catalogue, history_len=HL)(rows, known)
+    model.cfg = dataclasses.replace(model.cfg, new_items=True)
+    new = np.array([0, 11, 12, n - 1])
+    set_new_items(model, new)
+    after = model_score_fn(model, catalogue, history_len=HL)(rows, known)
+    keep = np.setdiff1d(np.arange(n), new)
+    np.testing.assert_array_equal(after[:, keep], before[:, keep])
+    hist = torch.zeros(4, HL, dtype=torch.long)
+    mask = torch.zeros(4, HL)
+    for j, k in enumerate(known):
+        hist[j, HL - len(k) :], mask[j, HL - len(k) :] = torch.from_numpy(k), 1
+    sim = text_similarity(hist, mask, torch.from_numpy(new), catalogue).numpy()
+    for j, k in enumerate(known):  # slow reference: one user at a time, by sorting
+        others = sorted((before[j, i] for i in keep if i not in set(k.tolist())), reverse=True)
+        kth = others[min(rank, len(others)) - 1]
+        got = after[j, new]
+        best = int(np.argmax(sim[j]))
+        assert got[best] < kth and got[best] == pytest.approx(kth, rel=1e-6, abs=1e-6)
+        # ... it ranks right after the K-th other unseen item (or last but the other new ones)
+        unseen = [i for i in range(n) if i not in set(k.tolist())]
+        order = sorted(unseen, key=lambda i: -after[j, i])
+        assert order.index(int(new[best])) == min(rank, len(others))
+        # ... and the others follow by text similarity: a * (sim - max sim) / T below it
+        spread = model.cfg.new_item_text_weight * (sim[j] - sim[j, best]) / model.cfg.temperature
+        np.testing.assert_allclose(got - got[best], spread, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="model.new-item-rank"):
+        make_cfg(**{"model.new-item-rank": -1})
+
+
+def test_the_recommender_puts_the_best_new_item_right_after_the_kth_other(
+    make_cfg: Callable[..., RunConfig], tmp_path: Path, tiny_backbone: Path
+) -> None:
+    cfg = make_cfg(**{"data.cold-start-share": 0.2, "model.new-item-rank": 3})
+    corpus: Corpus = load_corpus(cfg.data)
+    _, cat, model = setup(cfg)
+    data = corpus.data
+    digest = catalogue_digest(data.item_ids, data.item_texts)
+    folder = write_adapter(model, tmp_path / "adapter", data=cfg.data, catalogue=digest)
+    rec = Recommender.load(folder, cfg.data, backbone=str(tiny_backbone),
+                           cache_dir=cfg.model.cache_dir)  # fmt: skip
+    assert rec.model.cfg.new_item_rank == 3  # travels in the adapter folder's config
+    warm = np.setdiff1d(np.arange(data.n_items), corpus.split.cold_items)
+    top = rec.for_history([data.item_ids[i] for i in warm[:3]], k=10)
+    assert [r.new_item for r in top[:4]] == [False, False, False, True]
+    hist_idx = torch.from_numpy(warm[:3]).unsqueeze(0)
+    sim = text_similarity(hist_idx, torch.ones(1, 3), torch.from_numpy(corpus.split.cold_items),
+                          cat)[0]  # fmt: skip
+    assert str(top[3].item) == str(data.item_ids[corpus.split.cold_items[int(sim.argmax())]])
+    assert top[3].score < top[2].score and top[3].score == pytest.approx(top[2].score, rel=1e-5)
+    assert top[3].score == pytest.approx(top[3].similarity + top[3].popularity, rel=1e-5)
