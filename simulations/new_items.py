@@ -11,9 +11,16 @@ HR@10: the most credit new items get without costing the other items' users more
 ``--test`` then reads the test item once, at the chosen ``c``. Writes ``new-items.json`` and
 ``new-items.md`` into the run folder (or `--out`).
 
+``--ranks [K,...]`` grids the rank-anchored form instead (``model.new-item-rank`` K x
+``model.new-item-text-weight`` a, `--text-weights`): a user's most similar new item enters
+right after their K-th best other unseen item. No new item enters the top K (for K >= 10 the
+new-item users' HR@10 is 0), so the rule there is on HR@100: the highest new-item users'
+HR@100 whose all-user HR@100 stays within the tolerance of the blend-off HR@100.
+
 Example::
 
     python -m simulations.new_items --run runs/cold-nodp-s0
+    python -m simulations.new_items --run runs/cold-nodp-s0 --ranks --test
 """
 
 from __future__ import annotations
@@ -38,12 +45,22 @@ from common.task import Corpus, device, load_catalogue, load_corpus
 from simulations import cli
 
 DEFAULT_PRIORS = tuple(round(0.2 * i, 1) for i in range(16))  # 0.0 .. 3.0
+DEFAULT_RANKS = (10, 20, 30, 40, 60, 80)  # model.new-item-rank grid of --ranks
+DEFAULT_TEXT_WEIGHTS = (0.25, 0.5, 1.0, 2.0)  # model.new-item-text-weight grid of --ranks
 
 
 def score_grid(
-    run: Path, priors: list[float], *, which: str = "valid"
+    run: Path,
+    priors: list[float],
+    *,
+    which: str = "valid",
+    ranks: list[tuple[int, float]] | None = None,
 ) -> tuple[list[dict[str, Any]], Corpus]:
-    """One row per setting (blend off, then each prior): all-user and new-item-user metrics."""
+    """One row per setting (blend off, then each prior): all-user and new-item-user metrics.
+
+    With `ranks`, the settings are (``model.new-item-rank``, ``model.new-item-text-weight``)
+    pairs instead of priors.
+    """
     res = load_run(run / "results.json")
     cfg = parse_config(res.config)
     corpus = load_corpus(cfg.data)
@@ -60,12 +77,19 @@ def score_grid(
     with torch.no_grad():
         items = item_matrix(model, cat)
     target = corpus.split.valid if which == "valid" else corpus.split.test
-    settings: list[tuple[str, float | None]] = [("off", None), *(("on", c) for c in priors)]
+    settings: list[tuple[str, Any]] = [("off", None)]
+    settings += [("rank", r) for r in ranks] if ranks else [("on", c) for c in priors]
     rows = []
     for blend, c in settings:
-        model.cfg = dataclasses.replace(
-            cfg.model, new_items=c is not None, new_item_prior=c if c is not None else 0.0
-        )
+        if blend == "rank":
+            model.cfg = dataclasses.replace(
+                cfg.model, new_items=True, new_item_rank=c[0], new_item_text_weight=c[1]
+            )
+        else:
+            model.cfg = dataclasses.replace(
+                cfg.model, new_items=c is not None, new_item_prior=c if c is not None else 0.0,
+                new_item_rank=0,
+            )  # fmt: skip
         ev = evaluate_scores(
             model_score_fn(model, cat, history_len=hl, items=items),
             corpus.everyone(),
@@ -78,36 +102,57 @@ def score_grid(
         new = np.isin(target[np.asarray(pu["user"], dtype=np.int64)], corpus.new_items)
         rows.append({
             "blend": blend,
-            "new_item_prior": c,
+            "new_item_prior": c if blend != "rank" else None,
+            "new_item_rank": c[0] if blend == "rank" else 0,
+            "new_item_text_weight": c[1] if blend == "rank" else model.cfg.new_item_text_weight,
             "hr@10": m["hr@10"],
             "ndcg@10": m["ndcg@10"],
+            "hr@100": float((rank < 100).mean()),
             "new users": int(new.sum()),
             "new hr@10": float((rank[new] < 10).mean()) if new.any() else None,
             "new hr@100": float((rank[new] < 100).mean()) if new.any() else None,
         })  # fmt: skip
-        print(f"[{which}] {blend} c={c}: HR@10 {m['hr@10']:.4f}, new-item users' HR@100 "
+        print(f"[{which}] {blend} {c}: HR@10 {m['hr@10']:.4f}, new-item users' HR@100 "
               f"{rows[-1]['new hr@100']}", file=sys.stderr, flush=True)  # fmt: skip
     return rows, corpus
 
 
 def choose(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
-    """The row of the largest prior whose HR@10 is within `tolerance` of the blend-off row's."""
-    off = rows[0]["hr@10"]
-    ok = [r for r in rows[1:] if r["hr@10"] >= (1.0 - tolerance) * off]
+    """The chosen row: the most credit new items get at a bounded cost to the other users.
+
+    Priors: the largest prior whose all-user HR@10 is within `tolerance` of the blend-off
+    row's. Rank settings (which keep new items out of the top K): the highest new-item
+    users' HR@100 whose all-user HR@100 is within `tolerance` of the
+    blend-off row's (ties: the larger rank, then the larger text weight).
+    """
+    off = rows[0]
+    if any(r.get("blend") == "rank" for r in rows):
+        ok = [r for r in rows[1:] if r["hr@100"] >= (1.0 - tolerance) * off["hr@100"]]
+        key = lambda r: (r["new hr@100"] or 0.0, r["new_item_rank"], r["new_item_text_weight"])  # noqa: E731
+        return max(ok, key=key) if ok else off
+    ok = [r for r in rows[1:] if r["hr@10"] >= (1.0 - tolerance) * off["hr@10"]]
     if not ok:
-        return rows[0]
+        return off
     return max(ok, key=lambda r: r["new_item_prior"])
+
+
+def _setting(r: dict[str, Any]) -> str:
+    if r["blend"] == "off":
+        return "blend off"
+    if r["blend"] == "rank":
+        return f"rank {r['new_item_rank']}, text weight {r['new_item_text_weight']:g}"
+    return f"{r['new_item_prior']:g}"
 
 
 def table(rows: list[dict[str, Any]], chosen: dict[str, Any]) -> str:
     """Markdown table of `score_grid`'s rows, the chosen one marked."""
-    out = ["| new-item prior c | HR@10 | NDCG@10 | new-item users | their HR@10 | their HR@100 | |",
-           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = ["| new-item setting | HR@10 | NDCG@10 | HR@100 | new-item users | their HR@10 | "
+           "their HR@100 | |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        c = "blend off" if r["new_item_prior"] is None else f"{r['new_item_prior']:g}"
         fmt = [f"{r[k]:.4f}" if r[k] is not None else "-" for k in ("new hr@10", "new hr@100")]
-        out.append(f"| {c} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['new users']} | "
-                   f"{fmt[0]} | {fmt[1]} | {'chosen' if r is chosen else ''} |")  # fmt: skip
+        out.append(f"| {_setting(r)} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | "
+                   f"{r['hr@100']:.4f} | {r['new users']} | {fmt[0]} | {fmt[1]} | "
+                   f"{'chosen' if r is chosen else ''} |")  # fmt: skip
     return "\n".join(out) + "\n"
 
 
@@ -116,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = cli.command_parser("simulations.new_items", __doc__)
     ap.add_argument("--run", required=True, type=Path, help="a finished run's folder")
     ap.add_argument("--priors", default=",".join(map(str, DEFAULT_PRIORS)), help="grid of c")
-    ap.add_argument("--tolerance", type=float, default=0.05, help="HR@10 loss allowed")
+    ap.add_argument("--ranks", nargs="?", const=",".join(map(str, DEFAULT_RANKS)), default=None,
+                    help="grid of model.new-item-rank instead of priors (bare flag: "
+                    f"{','.join(map(str, DEFAULT_RANKS))})")  # fmt: skip
+    ap.add_argument("--text-weights", default=",".join(map(str, DEFAULT_TEXT_WEIGHTS)),
+                    help="grid of model.new-item-text-weight (with --ranks)")  # fmt: skip
+    ap.add_argument("--tolerance", type=float, default=0.05,
+                    help="loss allowed: of HR@10 (priors), of HR@100 (ranks)")  # fmt: skip
     ap.add_argument("--test", action="store_true", help="then read the test item at the choice")
     ap.add_argument("--out", type=Path, default=None, help="folder (default: the run's)")
     args = ap.parse_args(argv)
@@ -126,12 +177,23 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--priors needs at least one value")
         if not 0 <= args.tolerance < 1:
             raise ValueError(f"--tolerance must be in [0, 1), got {args.tolerance}")
-        rows, _ = score_grid(args.run, priors)
+        ranks = None
+        if args.ranks is not None:
+            ks = [int(x) for x in args.ranks.split(",") if x.strip()]
+            ws = [float(x) for x in args.text_weights.split(",") if x.strip()]
+            if not ks or min(ks) < 1 or not ws or min(ws) < 0:
+                raise ValueError("--ranks needs integers >= 1 and --text-weights numbers >= 0")
+            ranks = [(k, w) for k in ks for w in ws]
+        rows, _ = score_grid(args.run, priors, ranks=ranks)
         chosen = choose(rows, args.tolerance)
         result: dict[str, Any] = {"valid": rows, "chosen": chosen, "tolerance": args.tolerance}
         text = "Validation item:\n\n" + table(rows, chosen)
-        if args.test and chosen["new_item_prior"] is not None:
-            test_rows, _ = score_grid(args.run, [chosen["new_item_prior"]], which="test")
+        if args.test and chosen["blend"] != "off":
+            pick = chosen["new_item_rank"], chosen["new_item_text_weight"]
+            test_rows, _ = score_grid(
+                args.run, [chosen["new_item_prior"]], which="test",
+                ranks=[pick] if chosen["blend"] == "rank" else None,
+            )  # fmt: skip
             result["test"] = test_rows
             text += "\nTest item (read once, at the chosen c; blend off beside it):\n\n"
             text += table(test_rows, test_rows[1])

@@ -61,6 +61,41 @@ def test_choose_takes_the_largest_prior_within_the_tolerance() -> None:
     assert new_items.choose([rows[0], {"new_item_prior": 1.0, "hr@10": 0.0}], 0.05) is rows[0]
 
 
+def test_the_rank_grid_keeps_new_items_out_of_the_top_k_and_chooses_on_hr_at_100(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    rc = new_items.main(["--run", str(runs["cold"]), "--ranks=1,10", "--text-weights=0.5,2",
+                         "--test", "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    res = json.loads((tmp_path / "new-items.json").read_text())
+    rows = res["valid"]
+    assert [(r["new_item_rank"], r["new_item_text_weight"]) for r in rows[1:]] == [
+        (1, 0.5), (1, 2.0), (10, 0.5), (10, 2.0)]  # fmt: skip
+    off = rows[0]
+    for r in rows[1:]:
+        if r["new_item_rank"] == 10:  # new items start after position 10
+            assert r["new hr@10"] == 0.0 and r["new users"] == off["new users"]
+    assert res["chosen"] == new_items.choose(rows, 0.05)
+    assert res["chosen"]["blend"] == "off" or res["chosen"]["hr@100"] >= 0.95 * off["hr@100"]
+    if res["chosen"]["blend"] == "rank":
+        test = res["test"][1]
+        assert (test["new_item_rank"], test["new_item_text_weight"]) == (
+            res["chosen"]["new_item_rank"], res["chosen"]["new_item_text_weight"])  # fmt: skip
+    assert "rank 10, text weight 2" in (tmp_path / "new-items.md").read_text()
+
+
+def test_choose_on_ranks_takes_the_best_new_item_hr100_within_the_tolerance() -> None:
+    off = {"blend": "off", "hr@100": 0.30, "new hr@100": 0.0}
+    cells = ((10, 1.0, 0.20, 0.50), (30, 1.0, 0.29, 0.30), (60, 0.5, 0.295, 0.30),
+             (80, 1.0, 0.31, 0.1))
+    grid = [{"blend": "rank", "new_item_rank": k, "new_item_text_weight": w, "hr@100": h,
+             "new hr@100": n} for k, w, h, n in cells]  # fmt: skip
+    pick = new_items.choose([off, *grid], 0.05)
+    assert (pick["new_item_rank"], pick["new_item_text_weight"]) == (60, 0.5)  # tie: larger K
+    assert new_items.choose([off, *grid], 0.5)["new_item_rank"] == 10
+    assert new_items.choose([off, grid[0]], 0.05) is off
+
+
 def test_a_run_without_new_items_is_refused_by_name(
     runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -69,3 +104,5 @@ def test_a_run_without_new_items_is_refused_by_name(
     assert "results.json" in err and "marks no item new" in err
     assert new_items.main(["--run", str(runs["cold"]), "--tolerance", "1.5"]) == 2
     assert "--tolerance" in capsys.readouterr().err
+    assert new_items.main(["--run", str(runs["cold"]), "--ranks=0"]) == 2
+    assert "--ranks needs integers >= 1" in capsys.readouterr().err
