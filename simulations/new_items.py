@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tolerance", type=float, default=0.05,
                     help="loss allowed: of HR@10 (priors), of HR@100 (ranks)")  # fmt: skip
     ap.add_argument("--test", action="store_true", help="then read the test item at the choice")
+    ap.add_argument("--take", action="store_true",
+                    help="choose nothing: the grid's one setting is the choice (defaults "
+                    "chosen elsewhere); with --test the test item is read at it")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="folder (default: the run's)")
     args = ap.parse_args(argv)
     try:
@@ -185,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--ranks needs integers >= 1 and --text-weights numbers >= 0")
             ranks = [(k, w) for k in ks for w in ws]
         rows, _ = score_grid(args.run, priors, ranks=ranks)
-        chosen = choose(rows, args.tolerance)
+        if args.take and len(rows) != 2:
+            raise ValueError(f"--take needs a grid of one setting, got {len(rows) - 1}")
+        chosen = rows[1] if args.take else choose(rows, args.tolerance)
         result: dict[str, Any] = {"valid": rows, "chosen": chosen, "tolerance": args.tolerance}
         text = "Validation item:\n\n" + table(rows, chosen)
         if args.test and chosen["blend"] != "off":

@@ -84,6 +84,17 @@ def test_the_rank_grid_keeps_new_items_out_of_the_top_k_and_chooses_on_hr_at_100
     assert "rank 10, text weight 2" in (tmp_path / "new-items.md").read_text()
 
 
+def test_take_reads_the_test_item_at_the_one_given_setting(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--run", str(runs["cold"]), "--ranks=80", "--text-weights=3", "--take", "--test"]
+    assert new_items.main([*args, "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "new-items.json").read_text())
+    assert res["chosen"] == res["valid"][1] and res["test"][1]["new_item_rank"] == 80
+    assert new_items.main(["--run", str(runs["cold"]), "--ranks=10,20", "--take"]) == 2
+    assert "--take needs a grid of one setting, got 2" in capsys.readouterr().err
+
+
 def test_choose_on_ranks_takes_the_best_new_item_hr100_within_the_tolerance() -> None:
     off = {"blend": "off", "hr@100": 0.30, "new hr@100": 0.0}
     cells = ((10, 1.0, 0.20, 0.50), (30, 1.0, 0.29, 0.30), (60, 0.5, 0.295, 0.30),
