@@ -187,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             if not ks or min(ks) < 1 or not ws or min(ws) < 0:
                 raise ValueError("--ranks needs integers >= 1 and --text-weights numbers >= 0")
             ranks = [(k, w) for k in ks for w in ws]
+        n_settings = len(ranks) if ranks else len(priors)
+        if args.take and n_settings != 1:
+            raise ValueError(f"--take needs a grid of one setting, got {n_settings}")
         rows, _ = score_grid(args.run, priors, ranks=ranks)
-        if args.take and len(rows) != 2:
-            raise ValueError(f"--take needs a grid of one setting, got {len(rows) - 1}")
         chosen = rows[1] if args.take else choose(rows, args.tolerance)
         result: dict[str, Any] = {"valid": rows, "chosen": chosen, "tolerance": args.tolerance}
         text = "Validation item:\n\n" + table(rows, chosen)
