@@ -1,20 +1,26 @@
-"""Items the catalogue marks as new: scored by text similarity and a new-item prior.
+"""Items the catalogue marks as new: scored by text similarity, placed by a rank anchor.
 
 A new item has no interactions anywhere (in the simulations: the split's cold items, withheld
 from every training history, `data.cold-start-share`; which items they are follows from the
 catalogue size alone, so the flag is public). Its released popularity count is pure noise and
 its trained per-item terms never moved, so the model's usual score says nothing about it and
 the popularity prior buries it. The model blends per item instead: an item with popularity
-evidence keeps ``text/LoRA similarity + w * prior``; a new item scores
+evidence keeps ``text/LoRA similarity + w * prior``; a new item is scored by
 
-    ``a * tau * logsumexp_h(cos(f_i, f_h) / tau) / T + w * c``
+    ``sim_i = tau * logsumexp_h(cos(f_i, f_h) / tau)``
 
 with ``f`` the frozen backbone's item vectors over the user's history ``h`` (a soft maximum,
-``tau`` = `SIM_TEMPERATURE`), ``T`` the model's temperature, ``w`` its (trained) prior weight,
-``a`` = `model.new-item-text-weight` and ``c`` = `model.new-item-prior`, the popularity a new
-item is credited with in the prior's standardised units. Only public text and the user's own
-history enter it; nothing is trained or released. ``c`` was chosen on the validation item
-(`simulations.new_items`).
+``tau`` = `SIM_TEMPERATURE`), placed in the user's own ranking: with ``model.new-item-rank`` K
+> 0 (the default) it scores ``anchor_u + a * (sim_i - max_j sim_j) / T``, where ``anchor_u``
+is just below the user's K-th best other unseen item (`rank_anchor`), ``T`` the model's
+temperature and ``a`` = `model.new-item-text-weight`: the user's most similar new item ranks
+K + 1, the others follow by similarity. Because the anchor is the user's own score, the
+placement does not depend on how the model's scores are scaled (with or without DP, central
+or federated). With K = 0 the older popularity-credit form ``a * sim_i / T + w * c`` applies
+(``w`` the trained prior weight, ``c`` = `model.new-item-prior`), whose one global ``c`` moves
+every new item of every user at once. Only public text, the user's history and the model's
+scores of other items enter; nothing is trained or released. K and ``a`` were chosen on the
+validation item (`simulations.new_items --ranks`).
 """
 
 from __future__ import annotations

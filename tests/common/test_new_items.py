@@ -25,6 +25,8 @@ from common.model.towers import RecModel, trainable_state
 from common.task import Corpus, load_corpus, setup
 
 HL = 8
+# The popularity-credit form (model.new-item-rank = 0) with its measured text weight.
+CREDIT = {"model.new-item-rank": 0, "model.new-item-text-weight": 1.0}
 
 
 def _histories(n_users: int, n_items: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +59,7 @@ def test_only_the_new_items_columns_change_and_they_follow_the_config(
     make_model: Callable[..., RecModel], make_cfg: Callable[..., RunConfig],
     catalogue: Catalogue, local: object,
 ) -> None:  # fmt: skip
-    model = make_model()
+    model = make_model(make_cfg(**CREDIT))
     n = int(model.prior.numel())
     fn = model_score_fn(model, catalogue, history_len=HL)
     rows = np.arange(4)
@@ -127,7 +129,7 @@ def test_new_items_are_recommended_by_text_similarity_flagged_and_explained(
 ) -> None:
     """A large new-item prior lifts new items into the top 10, in the order of their text
     similarity to the history; their drivers are the soft maximum's weights; off, no blend."""
-    cfg = make_cfg(**{"data.cold-start-share": 0.2, "model.new-item-prior": 50.0})
+    cfg = make_cfg(**{"data.cold-start-share": 0.2, "model.new-item-prior": 50.0, **CREDIT})
     corpus: Corpus = load_corpus(cfg.data)
     _, cat, model = setup(cfg)
     data = corpus.data
@@ -163,7 +165,8 @@ def test_new_items_are_recommended_by_text_similarity_flagged_and_explained(
         assert d.contribution == pytest.approx(
             cfgm.new_item_text_weight * d.attention * cos / cfgm.temperature, rel=1e-4)
     # With the blend off, the same adapter ranks as a model that marks no item new.
-    rec.model.cfg = make_cfg(**{"data.cold-start-share": 0.2, "model.new-items": False}).model
+    rec.model.cfg = make_cfg(**{"data.cold-start-share": 0.2, "model.new-items": False,
+                                **CREDIT}).model  # fmt: skip
     plain = [(r.item, r.score) for r in rec.for_history(history, k=10)]
     set_new_items(rec.model, np.array([], dtype=np.int64))
     assert plain == [(r.item, r.score) for r in rec.for_history(history, k=10)]
