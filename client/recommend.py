@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -110,6 +111,13 @@ def add_source(ap: argparse.ArgumentParser) -> None:
         "adapter names; needed when it is not the bundled all-MiniLM-L6-v2)",
     )
     ap.add_argument("--cache-dir", default="", help="catalogue cache (default: $FEDREC_CACHE)")
+    ap.add_argument(
+        "--new-item-rank",
+        type=int,
+        default=None,
+        help="where each user's best new item enters the list: right after this many other "
+        "items (default: the adapter's model.new-item-rank; below --k to show new items)",
+    )
 
 
 def open_recommender(args: argparse.Namespace) -> Recommender:
@@ -117,7 +125,12 @@ def open_recommender(args: argparse.Namespace) -> Recommender:
     info = read_info(args.adapter)
     data = data_config(info, data_dir=args.data_dir, dataset=args.dataset,
                        overrides=args.run_config)  # fmt: skip
-    return Recommender.load(args.adapter, data, backbone=args.backbone, cache_dir=args.cache_dir)
+    rec = Recommender.load(args.adapter, data, backbone=args.backbone, cache_dir=args.cache_dir)
+    if args.new_item_rank is not None:
+        if args.new_item_rank < 0:
+            raise ValueError(f"--new-item-rank must be >= 0, got {args.new_item_rank}")
+        rec.model.cfg = dataclasses.replace(rec.model.cfg, new_item_rank=args.new_item_rank)
+    return rec
 
 
 def split_ids(text: str) -> list[str]:

@@ -16,7 +16,13 @@ from common.data.interactions import Interactions
 from common.evaluation.evaluate import item_matrix
 from common.io import clean_json
 from common.model.adapter import AdapterInfo, catalogue_digest, open_adapter
-from common.model.new_items import history_cosines, new_item_parts, set_new_items, soft_weights
+from common.model.new_items import (
+    history_cosines,
+    new_item_parts,
+    set_new_items,
+    soft_weights,
+    text_similarity,
+)
 from common.model.towers import RecModel
 from common.task import device, load_catalogue, load_corpus
 
@@ -50,9 +56,13 @@ class Recommendation:
     ``popularity_share = |popularity| / (|similarity| + |popularity|)``.
 
     A ``new_item`` (the catalogue marks it new: no interactions anywhere, `common.model.new_items`)
-    is scored by the frozen text similarity to the history (``similarity``) and the new-item
-    prior (``popularity``); its drivers' contributions are the soft maximum's weights times
-    their similarity, which sum to the similarity less the soft maximum's entropy term.
+    is scored by the frozen text similarity to the history: ``similarity`` is
+    ``a x sim / T``, and ``popularity`` the rest of its score, i.e. its placement (with
+    `model.new-item-rank` the user's rank anchor less ``a x max sim / T``; with the credit form
+    the new-item prior), which involves no popularity of its own (``popularity_share`` 0); its
+    drivers' contributions
+    are the soft maximum's weights times their similarity, which sum to the similarity less the
+    soft maximum's entropy term.
     """
 
     rank: int
@@ -191,27 +201,36 @@ class Recommender:
             top = torch.topk(scores[j], min(k, n_free)).indices
             parts = (w[j].unsqueeze(0) * (self.items[top] @ x[j].T)) / (norm[j] * temp)
             weights = w[j].expand(len(top), -1).clone()
+            text: dict[int, float] = {}
             if new is not None:
-                self._new_item_parts(top, ht[j], mt[j], parts, weights)
-            out.append([self._rec(r, int(i), float(sim[j, i]), float(public[j, i]), parts[r],
-                                  hist[j], weights[r], explain)
+                text = self._new_item_parts(top, ht[j], mt[j], parts, weights)
+            split = [(float(sim[j, i]), float(public[j, i])) if r not in text else
+                     (text[r], float(scores[j, i]) - text[r])
+                     for r, i in enumerate(top.tolist())]  # fmt: skip
+            out.append([self._rec(r, int(i), *split[r], parts[r], hist[j], weights[r], explain)
                         for r, i in enumerate(top.tolist())])  # fmt: skip
         return out
 
     def _new_item_parts(
         self, top: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor, parts: torch.Tensor,
         weights: torch.Tensor,
-    ) -> None:  # fmt: skip
-        """Each new item's rows of `parts` and `weights` (in place): its soft-maximum drivers."""
+    ) -> dict[int, float]:  # fmt: skip
+        """Each new item's rows of `parts` and `weights` (in place): its soft-maximum drivers.
+
+        Returns each new item's text part ``a x sim / T`` by its row in `top`.
+        """
         rows = [r for r, i in enumerate(top.tolist()) if self.new_item[i]]
         if not rows:
-            return
+            return {}
         cos = history_cosines(hist[None], mask[None], top[rows], self.cat)  # [1, T, R]
         soft = soft_weights(cos)[0].T  # [R, T]
         cfg = self.model.cfg
         drive = cfg.new_item_text_weight * soft * torch.nan_to_num(cos[0].T, neginf=0.0)
         parts[rows] = (drive / cfg.temperature).to(parts)
         weights[rows] = soft.to(weights)
+        sim = text_similarity(hist[None], mask[None], top[rows], self.cat)[0]
+        text = cfg.new_item_text_weight * sim / cfg.temperature
+        return dict(zip(rows, text.tolist(), strict=True))
 
     def _rec(
         self, rank: int, item: int, sim: float, pop: float, parts: torch.Tensor,
@@ -222,7 +241,9 @@ class Recommender:
         because = [Driver(_native(self.data.item_ids[hist[p]]), self.data.item_texts[hist[p]],
                           float(w[p]), float(parts[p])) for p in order]  # fmt: skip
         total = abs(sim) + abs(pop)
+        new = bool(self.new_item[item])
+        share = 0.0 if new or total == 0 else abs(pop) / total  # a new item has no popularity
         return Recommendation(
             rank + 1, _native(self.data.item_ids[item]), self.data.item_texts[item], sim + pop,
-            sim, pop, abs(pop) / total if total > 0 else 0.0, because, bool(self.new_item[item]),
+            sim, pop, share, because, new,
         )  # fmt: skip

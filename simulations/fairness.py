@@ -7,6 +7,7 @@ synthetic data). Gaps are best minus worst group mean.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -171,7 +172,7 @@ def _text_only_cold(
     Isolates what the text towers do for items nobody trained on (the prior puts every cold
     item at its floor). None when the run saved no adapter (e.g. a central run).
     """
-    from common.config.parse import parse_config
+    from common.config.parse import parse_recorded
     from common.evaluation.baseline_runs import evaluator_for
     from common.evaluation.evaluate import evaluate_scores, model_score_fn
     from common.model.adapter import load_adapter
@@ -181,9 +182,12 @@ def _text_only_cold(
     folder = Path(str(conf.get("fed.out-dir", ""))) / "adapter"
     if not conf or not (folder / "adapter_config.json").is_file():
         return None
-    cfg = parse_config(conf)
+    cfg = parse_recorded(conf)
     n_items, hl = corpus.data.n_items, cfg.data.history_len
-    model = load_adapter(cfg.model, folder, n_items=n_items, history_len=hl, device=device())
+    # Text only: no popularity term, new items by their frozen text similarity alone (the
+    # credit form with w = 0), whatever placement the run itself used for them.
+    text_cfg = dataclasses.replace(cfg.model, new_item_rank=0)
+    model = load_adapter(text_cfg, folder, n_items=n_items, history_len=hl, device=device())
     with torch.no_grad():
         model.prior_weight.weight.zero_()
     cat = load_catalogue(cfg.model, corpus.data.item_texts, model.n_lower + cfg.model.lora.layers)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from common.config.base import ConfigError
-from common.config.parse import parse_config
+from common.config.parse import parse_recorded
 from common.evaluation.baseline_runs import evaluator_for
 from common.evaluation.evaluate import evaluate_scores, item_matrix, model_score_fn
 from common.io import write_json_atomic
@@ -62,7 +62,7 @@ def score_grid(
     pairs instead of priors.
     """
     res = load_run(run / "results.json")
-    cfg = parse_config(res.config)
+    cfg = parse_recorded(res.config)
     corpus = load_corpus(cfg.data)
     if not len(corpus.new_items):
         raise ConfigError(

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config.base import ConfigError
-from common.config.parse import parse_config, parse_overrides
+from common.config.parse import parse_config, parse_overrides, parse_recorded
 from common.config.run import RunConfig
 from common.data.interactions import DataError
 from common.io import clean_json, write_json_atomic
@@ -62,14 +62,24 @@ def point_config(base: dict[str, Any], users: int, epsilon: float, seed: int) ->
     return parse_config(over)
 
 
-def same_config(recorded: dict[str, Any], cfg: RunConfig) -> bool:
-    """Whether a recorded flat config is `cfg`'s.
+# Keys that change nothing when no item is new (the synthetic data has none by default).
+NEW_ITEM_KEYS = ("model.new-item-rank", "model.new-item-text-weight", "model.new-item-prior")
 
-    A key the record lacks (added to the code after it was written) counts at its default:
-    new keys default to the earlier behaviour, so the record still describes the point.
+
+def same_config(recorded: dict[str, Any], cfg: RunConfig) -> bool:
+    """Whether a recorded flat config describes the point of `cfg`.
+
+    A key the record lacks (added to the code after it was written) takes the value of the
+    behaviour before it existed (`parse_recorded`); the new-item keys are not compared when
+    the point marks no item new (they cannot change its run).
     """
-    defaults = clean_json(parse_config({}).flat())
-    return {**defaults, **recorded} == clean_json(cfg.flat())
+    have = clean_json(parse_recorded(recorded).flat())
+    want = clean_json(cfg.flat())
+    if not cfg.data.cold_start_share and not cfg.data.new_items_file:
+        for key in NEW_ITEM_KEYS:
+            have.pop(key, None)
+            want.pop(key, None)
+    return bool(have == want)
 
 
 def finished(cfg: RunConfig, out: Path) -> bool:

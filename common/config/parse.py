@@ -45,6 +45,24 @@ def parse_overrides(pairs: str | list[str]) -> dict[str, ConfigValue]:
     return out
 
 
+# Keys added after runs were first recorded, with the value that gives the behaviour from
+# before the key existed (a recorded config without the key meant this, whatever today's
+# default is). `parse_recorded` fills them in; add a key here when adding one to pyproject.
+PREDATING: dict[str, ConfigValue] = {
+    "train.lr-schedule": "constant",
+    "model.new-item-rank": 0,
+}
+
+
+def parse_recorded(recorded: Mapping[str, Any]) -> RunConfig:
+    """`parse_config` of a config recorded by an earlier run (results.json, a point record).
+
+    A key the record lacks takes its `PREDATING` value (what the run did before the key
+    existed), not today's default; keys in neither come from the defaults as usual.
+    """
+    return parse_config({**PREDATING, **recorded})
+
+
 def parse_config(
     run_config: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None
 ) -> RunConfig:

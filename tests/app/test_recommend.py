@@ -180,6 +180,28 @@ def test_cli_one_user_and_all_users_to_csv_and_json(
     assert len(json.loads(js.read_text())["users"]) == len(users)
 
 
+def test_cli_new_item_rank_sets_where_new_items_enter(
+    cfg: RunConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from common.config.parse import parse_config
+
+    cold = parse_config({**cfg.flat(), "data.cold-start-share": 0.2})
+    corpus = load_corpus(cold.data)
+    data = corpus.data
+    folder = write_adapter(trained_like(cold), tmp_path / "adapter", data=cold.data,
+                           catalogue=catalogue_digest(data.item_ids, data.item_texts))  # fmt: skip
+    warm = np.setdiff1d(np.arange(data.n_items), corpus.split.cold_items)
+    args = _cli(folder, cfg, "--run-config", "data.cold-start-share=0.2", "--history",
+                ",".join(str(data.item_ids[i]) for i in warm[:3]), "--k", "6")  # fmt: skip
+    for rank in (0, 2, 4):
+        assert main([*args, "--new-item-rank", str(rank)]) == 0
+        recs = json.loads(capsys.readouterr().out)["users"][0]["recommendations"]
+        if rank:  # the best new item right after the rank-th other one
+            assert [r["new_item"] for r in recs[: rank + 1]] == [False] * rank + [True]
+    assert main([*args, "--new-item-rank", "-1"]) == 2
+    assert "--new-item-rank must be >= 0" in capsys.readouterr().err
+
+
 def test_cli_bad_input_exits_2_with_the_reason(
     adapter: Path, cfg: RunConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,7 +20,7 @@ from common.data.new_items import read_new_items, resolve
 from common.evaluation.evaluate import model_score_fn
 from common.model.adapter import catalogue_digest, write_adapter
 from common.model.catalogue import Catalogue
-from common.model.new_items import SIM_TEMPERATURE, set_new_items, text_similarity
+from common.model.new_items import SIM_TEMPERATURE, rank_anchor, set_new_items, text_similarity
 from common.model.towers import RecModel, trainable_state
 from common.task import Corpus, load_corpus, setup
 
@@ -222,8 +222,9 @@ def test_rank_anchored_new_items_enter_below_the_users_kth_other_item(
     model = make_model(make_cfg(**{"model.new-item-rank": rank,
                                    "model.new-item-text-weight": 0.5}))  # fmt: skip
     n = int(model.prior.numel())
-    rows = np.arange(4)
-    known = [np.array([1, 2, 3]), np.array([4]), np.array([5, 6, 7, 8]), np.array([9, 10])]
+    rows = np.arange(5)
+    known = [np.array([1, 2, 3]), np.array([4]), np.array([5, 6, 7, 8]), np.array([9, 10]),
+             np.arange(13, 13 + 2 * HL)]  # longer than the history: known != history  # fmt: skip
     model.cfg = dataclasses.replace(model.cfg, new_items=False)
     before = model_score_fn(model, catalogue, history_len=HL)(rows, known)
     model.cfg = dataclasses.replace(model.cfg, new_items=True)
@@ -232,11 +233,17 @@ def test_rank_anchored_new_items_enter_below_the_users_kth_other_item(
     after = model_score_fn(model, catalogue, history_len=HL)(rows, known)
     keep = np.setdiff1d(np.arange(n), new)
     np.testing.assert_array_equal(after[:, keep], before[:, keep])
-    hist = torch.zeros(4, HL, dtype=torch.long)
-    mask = torch.zeros(4, HL)
+    hist = torch.zeros(5, HL, dtype=torch.long)
+    mask = torch.zeros(5, HL)
     for j, k in enumerate(known):
+        k = k[-HL:]
         hist[j, HL - len(k) :], mask[j, HL - len(k) :] = torch.from_numpy(k), 1
     sim = text_similarity(hist, mask, torch.from_numpy(new), catalogue).numpy()
+    # Without the known items the anchor falls back to the history positions.
+    s = torch.from_numpy(before)
+    by_hist = rank_anchor(s, torch.from_numpy(new), rank, hist=hist, hist_mask=mask)
+    short = [k[-HL:] for k in known]
+    np.testing.assert_array_equal(by_hist, rank_anchor(s, torch.from_numpy(new), rank, short))
     for j, k in enumerate(known):  # slow reference: one user at a time, by sorting
         others = sorted((before[j, i] for i in keep if i not in set(k.tolist())), reverse=True)
         kth = others[min(rank, len(others)) - 1]
@@ -274,4 +281,12 @@ def test_the_recommender_puts_the_best_new_item_right_after_the_kth_other(
                           cat)[0]  # fmt: skip
     assert str(top[3].item) == str(data.item_ids[corpus.split.cold_items[int(sim.argmax())]])
     assert top[3].score < top[2].score and top[3].score == pytest.approx(top[2].score, rel=1e-5)
-    assert top[3].score == pytest.approx(top[3].similarity + top[3].popularity, rel=1e-5)
+    # Its text part is a x sim / T (recomputed here); the rest is its placement, no popularity.
+    cfgm = rec.model.cfg
+    assert top[3].similarity == pytest.approx(
+        cfgm.new_item_text_weight * float(sim.max()) / cfgm.temperature, rel=1e-5)  # fmt: skip
+    assert top[3].popularity_share == 0.0 and top[0].popularity_share > 0.0
+    # A user whose unseen items are fewer than K: the new items follow the last of them.
+    seen = [data.item_ids[i] for i in warm[5:]]  # 2 unseen other items left, K = 3
+    few = rec.for_history([data.item_ids[i] for i in warm[:3]], k=8, exclude=seen)
+    assert [r.new_item for r in few] == [False, False] + [True] * 6

@@ -94,12 +94,18 @@ def test_the_study_runs_every_point_writes_its_report_and_resumes(
                     run_missing=False)  # fmt: skip
     assert other["runs"] == [] and other["missing"] == ["users30-eps8-seed0"]
     assert "Not run yet (1): users30-eps8-seed0" in (tmp_path / "c" / "users-needed.md").read_text()
-    # A key the record predates counts at its default.
+    # A key the record predates counts at its earlier behaviour ("constant"; new-item rank 0,
+    # which, like another new-item text weight, changes nothing on data without new items).
     rec = json.loads((records / "users30-eps8-seed0.json").read_text())
-    del rec["config"]["train.lr-schedule"]
+    del rec["config"]["train.lr-schedule"], rec["config"]["model.new-item-rank"]
+    rec["config"]["model.new-item-text-weight"] = 1.0
     (records / "users30-eps8-seed0.json").write_text(json.dumps(rec))
     old = U.study(tmp_path / "d", [30], [8.0], 1, base, reuse=[records], run_missing=False)
     assert len(old["runs"]) == 1 and not old["missing"]
+    rec["config"]["train.lr-schedule"] = "cosine"  # a recorded value that differs: foreign
+    (records / "users30-eps8-seed0.json").write_text(json.dumps(rec))
+    assert U.study(tmp_path / "d2", [30], [8.0], 1, base, reuse=[records],
+                   run_missing=False)["missing"] == ["users30-eps8-seed0"]  # fmt: skip
     (records / "users30-eps8-seed0.json").write_text("{not json")
     with pytest.raises(ValueError, match="users30-eps8-seed0.json: not a users-needed point"):
         U.study(tmp_path / "e", [30], [8.0], 1, base, reuse=[records], run_missing=False)
