@@ -103,7 +103,7 @@ def _warn_listed_with_interactions(
     They are still scored by text (the list is the site's word), but their popularity
     evidence is then ignored, which is rarely what the operator meant.
     """
-    if listed.size == 0:
+    if listed.size == 0 or not len(split.train):
         return
     seen = np.unique(np.concatenate([np.asarray(t, dtype=np.int64) for t in split.train]))
     used = np.intersect1d(listed, seen)

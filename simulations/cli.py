@@ -18,7 +18,7 @@ COMMANDS = {
     "bench": ("simulations.bench", "throughput, memory and communication benchmark"),
     "dp-baselines": ("simulations.dp_baselines", "DP popularity and DP-EASE at given epsilons"),
     "users-needed": ("simulations.users_needed", "how many users DP needs: DP vs no DP by size"),
-    "new-items": ("simulations.new_items", "choose a run's new-item prior on the validation item"),
+    "new-items": ("simulations.new_items", "choose how a run scores new items (validation item)"),
     "recommend": ("client.recommend", "a site's top-K from an adapter folder (user, history, all)"),
     "serve": ("client.serve", "the recommender as an HTTP JSON endpoint behind a bearer token"),
     "tiny-backbone": ("simulations.tiny_backbone", "write a tiny random BERT (smoke runs, tests)"),

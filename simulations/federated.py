@@ -31,7 +31,7 @@ from common.config.parse import parse_config, parse_overrides
 from common.config.run import RunConfig
 from common.data.download import resolve_data_dir
 from common.io import clean_json
-from common.run_result import RunResult, load_run
+from common.run_result import RunResult, RunResultError, load_run
 from common.task import load_corpus
 from simulations import cli
 from simulations.procs import free_ports, port_busy, process_table
@@ -118,7 +118,10 @@ def finished_run(overrides: dict[str, Any], out: Path) -> RunResult | None:
     path = out / "results.json"
     if not path.exists():
         return None
-    res = load_run(path)
+    try:
+        res = load_run(path)
+    except RunResultError:  # unreadable or of an older format: run it again
+        return None
     prepared, _ = _prepare(overrides, out, None, quiet=True)
     if res.completed and res.config == clean_json(parse_config(prepared).flat()):
         return res

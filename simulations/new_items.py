@@ -1,4 +1,4 @@
-"""Choose the new-item prior of a finished run on the validation item (cold-start items).
+"""Choose how a finished run scores new items, on the validation item (cold-start items).
 
 The catalogue's new items (`common.model.new_items`; in the simulations the split's cold
 items, `data.cold-start-share`) are scored by text similarity plus ``w * c``, where ``c`` =
@@ -55,11 +55,12 @@ def score_grid(
     *,
     which: str = "valid",
     ranks: list[tuple[int, float]] | None = None,
+    text_weight: float | None = None,
 ) -> tuple[list[dict[str, Any]], Corpus]:
     """One row per setting (blend off, then each prior): all-user and new-item-user metrics.
 
     With `ranks`, the settings are (``model.new-item-rank``, ``model.new-item-text-weight``)
-    pairs instead of priors.
+    pairs instead of priors. Priors use `text_weight`, else the run's own text weight.
     """
     res = load_run(run / "results.json")
     cfg = parse_recorded(res.config)
@@ -88,7 +89,8 @@ def score_grid(
         else:
             model.cfg = dataclasses.replace(
                 cfg.model, new_items=c is not None, new_item_prior=c if c is not None else 0.0,
-                new_item_rank=0,
+                new_item_rank=0, new_item_text_weight=cfg.model.new_item_text_weight
+                if text_weight is None else text_weight,
             )  # fmt: skip
         ev = evaluate_scores(
             model_score_fn(model, cat, history_len=hl, items=items),
@@ -141,7 +143,7 @@ def _setting(r: dict[str, Any]) -> str:
         return "blend off"
     if r["blend"] == "rank":
         return f"rank {r['new_item_rank']}, text weight {r['new_item_text_weight']:g}"
-    return f"{r['new_item_prior']:g}"
+    return f"{r['new_item_prior']:g} (text weight {r['new_item_text_weight']:g})"
 
 
 def table(rows: list[dict[str, Any]], chosen: dict[str, Any]) -> str:
@@ -164,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranks", nargs="?", const=",".join(map(str, DEFAULT_RANKS)), default=None,
                     help="grid of model.new-item-rank instead of priors (bare flag: "
                     f"{','.join(map(str, DEFAULT_RANKS))})")  # fmt: skip
-    ap.add_argument("--text-weights", default=",".join(map(str, DEFAULT_TEXT_WEIGHTS)),
-                    help="grid of model.new-item-text-weight (with --ranks)")  # fmt: skip
+    ap.add_argument("--text-weights", default=None,
+                    help="grid of model.new-item-text-weight with --ranks (default "
+                    f"{','.join(map(str, DEFAULT_TEXT_WEIGHTS))}); with priors one value "
+                    "(default: the run's own)")  # fmt: skip
     ap.add_argument("--tolerance", type=float, default=0.05,
                     help="loss allowed: of HR@10 (priors), of HR@100 (ranks)")  # fmt: skip
     ap.add_argument("--test", action="store_true", help="then read the test item at the choice")
@@ -180,17 +184,23 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--priors needs at least one value")
         if not 0 <= args.tolerance < 1:
             raise ValueError(f"--tolerance must be in [0, 1), got {args.tolerance}")
-        ranks = None
+        ranks, weight = None, None
+        ws = [float(x) for x in (args.text_weights or "").split(",") if x.strip()]
+        if ws and min(ws) < 0:
+            raise ValueError(f"--text-weights must be numbers >= 0, got {args.text_weights!r}")
         if args.ranks is not None:
             ks = [int(x) for x in args.ranks.split(",") if x.strip()]
-            ws = [float(x) for x in args.text_weights.split(",") if x.strip()]
-            if not ks or min(ks) < 1 or not ws or min(ws) < 0:
-                raise ValueError("--ranks needs integers >= 1 and --text-weights numbers >= 0")
-            ranks = [(k, w) for k in ks for w in ws]
+            if not ks or min(ks) < 1:
+                raise ValueError("--ranks needs integers >= 1")
+            ranks = [(k, w) for k in ks for w in (ws or DEFAULT_TEXT_WEIGHTS)]
+        elif ws:
+            if len(ws) != 1:
+                raise ValueError("with priors, --text-weights takes one value")
+            weight = ws[0]
         n_settings = len(ranks) if ranks else len(priors)
         if args.take and n_settings != 1:
             raise ValueError(f"--take needs a grid of one setting, got {n_settings}")
-        rows, _ = score_grid(args.run, priors, ranks=ranks)
+        rows, _ = score_grid(args.run, priors, ranks=ranks, text_weight=weight)
         chosen = rows[1] if args.take else choose(rows, args.tolerance)
         result: dict[str, Any] = {"valid": rows, "chosen": chosen, "tolerance": args.tolerance}
         text = "Validation item:\n\n" + table(rows, chosen)
@@ -198,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             pick = chosen["new_item_rank"], chosen["new_item_text_weight"]
             test_rows, _ = score_grid(
                 args.run, [chosen["new_item_prior"]], which="test",
-                ranks=[pick] if chosen["blend"] == "rank" else None,
+                ranks=[pick] if chosen["blend"] == "rank" else None, text_weight=weight,
             )  # fmt: skip
             result["test"] = test_rows
             text += "\nTest item (read once, at the chosen c; blend off beside it):\n\n"

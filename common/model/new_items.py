@@ -14,11 +14,13 @@ with ``f`` the frozen backbone's item vectors over the user's history ``h`` (a s
 > 0 (the default) it scores ``anchor_u + a * (sim_i - max_j sim_j) / T``, where ``anchor_u``
 is just below the user's K-th best other unseen item (`rank_anchor`), ``T`` the model's
 temperature and ``a`` = `model.new-item-text-weight`: the user's most similar new item ranks
-K + 1, the others follow by similarity. Because the anchor is the user's own score, the
-placement does not depend on how the model's scores are scaled (with or without DP, central
-or federated). With K = 0 the older popularity-credit form ``a * sim_i / T + w * c`` applies
-(``w`` the trained prior weight, ``c`` = `model.new-item-prior`), whose one global ``c`` moves
-every new item of every user at once. Only public text, the user's history and the model's
+K + 1, the others follow by similarity. Because the anchor is the user's own score, where
+the first new item lands does not depend on how the model's scores are scaled (with or
+without DP, central or federated); the spread of the others (``a / T`` per unit of
+similarity) is in score units, so how they interleave with the other items still does.
+With K = 0 the older popularity-credit form ``a * sim_i / T + w * c`` applies (``w`` the
+trained prior weight, ``c`` = `model.new-item-prior`), whose one global ``c`` moves every new
+item of every user at once. Only public text, the user's history and the model's
 scores of other items enter; nothing is trained or released. K and ``a`` were chosen on the
 validation item (`simulations.new_items --ranks`).
 """

@@ -118,3 +118,15 @@ def test_a_run_without_new_items_is_refused_by_name(
     assert "--tolerance" in capsys.readouterr().err
     assert new_items.main(["--run", str(runs["cold"]), "--ranks=0"]) == 2
     assert "--ranks needs integers >= 1" in capsys.readouterr().err
+    assert new_items.main(["--run", str(runs["cold"]), "--text-weights=1,2"]) == 2
+    assert "with priors, --text-weights takes one value" in capsys.readouterr().err
+
+
+def test_priors_take_the_runs_text_weight_unless_one_is_given(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    for extra, want in (([], 0.25), (["--text-weights=1"], 1.0)):  # 0.25: the default
+        assert new_items.main(["--run", str(runs["cold"]), "--priors=0", "--out", str(tmp_path),
+                               *extra]) == 0  # fmt: skip
+        rows = json.loads((tmp_path / "new-items.json").read_text())["valid"]
+        assert rows[1]["new_item_text_weight"] == want and rows[1]["new_item_rank"] == 0

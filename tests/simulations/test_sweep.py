@@ -282,7 +282,7 @@ def test_report_sets_dp_baselines_beside_the_model_per_epsilon(tmp_path: Path) -
     md = (tmp_path / "report.md").read_text()
     body = md.split("## DP baselines at the same epsilon and delta")[1].split("\n## ")[0]
     assert "| local-4-sites | 8 | 1e-05 | 2 |" in body
-    assert "0.0400 ± 0.0100" in body and "0.0600 ± 0.0100" in body  # dp-popularity, dp-ease
+    assert "0.0400 ± 0.0141" in body and "0.0600 ± 0.0141" in body  # sample sd
     assert "(100, 50), (100, 50)" in body
     # the DP baselines are per epsilon, not horizontal lines of the non-private baselines
     assert "dp-ease" not in report.baselines(rows)
@@ -295,8 +295,8 @@ def test_cold_start_section_summarises_seeds_per_setting_and_epsilon() -> None:
     for r, hr100 in zip(rows, (0.2, 0.4, 0.1), strict=True):
         r["cold_start"] = {**r["cold_start"], "cold": {**r["cold_start"]["cold"], "hr@100": hr100}}
     md = "\n".join(section_cold(rows))
-    # two no-DP runs: mean 0.3, population std 0.1; the eps-8 group has its one run
-    assert "| local-4-sites | inf | 2 | 0.3000 ± 0.1000 |" in md
+    # two no-DP runs: mean 0.3, sample sd 0.1414; the eps-8 group has its one run
+    assert "| local-4-sites | inf | 2 | 0.3000 ± 0.1414 |" in md
     assert "| local-4-sites | 8 | 1 | 0.1000 ± 0.0000 |" in md
     assert "Over seeds" not in "\n".join(section_cold(rows[:1] + rows[2:]))  # one run each
 
