@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from common.config.parse import PREDATING
 from common.config.run import RunConfig
 from common.io import write_json_atomic
 
@@ -45,10 +46,11 @@ class Checkpoint:
             raise RuntimeError(
                 f"checkpoint {self.dir} is unreadable ({exc}); move it away to start from scratch"
             ) from exc
-        if meta["config"] != _jsonable(self.config):
-            diff = sorted(
-                k for k in self.config if meta["config"].get(k) != _jsonable(self.config)[k]
-            )
+        # A checkpoint written before a key existed ran with that key's earlier behaviour.
+        predating = {k: v for k, v in PREDATING.items() if k in self.config}
+        recorded = {**_jsonable(predating), **meta["config"]}
+        if recorded != _jsonable(self.config):
+            diff = sorted(k for k in self.config if recorded.get(k) != _jsonable(self.config)[k])
             raise RuntimeError(
                 f"checkpoint {self.dir} belongs to a run with a different config "
                 f"(keys {diff}); use another fed.out-dir"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,19 @@ def test_a_different_config_is_refused_naming_the_key(
         Checkpoint(tmp_path, _replace(cfg, group, **values)).load(INITIAL)
     assert key in str(info.value)
     assert str(tmp_path / "checkpoint") in str(info.value)
+
+
+def test_a_checkpoint_predating_a_key_resumes_only_at_its_earlier_behaviour(
+    tmp_path: Path, cfg: RunConfig
+) -> None:
+    old = _replace(cfg, "model", new_item_rank=0)  # the behaviour before the key existed
+    Checkpoint(tmp_path, old).save(1, _state(1.0), [_row(1)])
+    meta = json.loads((tmp_path / "checkpoint" / "meta.json").read_text())
+    del meta["config"]["model.new-item-rank"], meta["config"]["train.lr-schedule"]
+    (tmp_path / "checkpoint" / "meta.json").write_text(json.dumps(meta))
+    assert Checkpoint(tmp_path, old).load(INITIAL)[2] == 2
+    with pytest.raises(RuntimeError, match=r"different config \(keys \['model.new-item-rank'\]"):
+        Checkpoint(tmp_path, _replace(cfg, "model", new_item_rank=60)).load(INITIAL)
 
 
 @pytest.mark.parametrize(
