@@ -20,8 +20,8 @@ from common.model.new_items import (
     history_cosines,
     new_item_parts,
     set_new_items,
+    soft_maximum,
     soft_weights,
-    text_similarity,
 )
 from common.model.towers import RecModel
 from common.task import device, load_catalogue, load_corpus
@@ -60,9 +60,8 @@ class Recommendation:
     ``a x sim / T``, and ``popularity`` the rest of its score, i.e. its placement (with
     `model.new-item-rank` the user's rank anchor less ``a x max sim / T``; with the credit form
     the new-item prior), which involves no popularity of its own (``popularity_share`` 0); its
-    drivers' contributions
-    are the soft maximum's weights times their similarity, which sum to the similarity less the
-    soft maximum's entropy term.
+    drivers' contributions are the soft maximum's weights times their similarity, which sum to
+    the similarity less the soft maximum's entropy term.
     """
 
     rank: int
@@ -228,8 +227,7 @@ class Recommender:
         drive = cfg.new_item_text_weight * soft * torch.nan_to_num(cos[0].T, neginf=0.0)
         parts[rows] = (drive / cfg.temperature).to(parts)
         weights[rows] = soft.to(weights)
-        sim = text_similarity(hist[None], mask[None], top[rows], self.cat)[0]
-        text = cfg.new_item_text_weight * sim / cfg.temperature
+        text = cfg.new_item_text_weight * soft_maximum(cos)[0] / cfg.temperature
         return dict(zip(rows, text.tolist(), strict=True))
 
     def _rec(

@@ -88,13 +88,6 @@ def finished(cfg: RunConfig, out: Path) -> bool:
     return done.exists() and same_config(load_run(done).config, cfg)
 
 
-def run_point(cfg: RunConfig, out: Path) -> RunResult:
-    """One point's results; reads a finished run back instead of re-running it."""
-    if finished(cfg, out):
-        return load_run(out / "results.json")
-    return central_run(cfg, out)
-
-
 def read_record(path: Path, cfg: RunConfig) -> dict[str, Any] | None:
     """The row of a point record at `path` if it exists and its config is exactly `cfg`'s."""
     if not path.exists():
@@ -247,7 +240,8 @@ def study(
                 missing.append(name)
                 print(f"[{i}/{len(points)}] {name}: missing (not run)", file=sys.stderr)
                 continue
-            row = point_row(users, eps, seed, run_point(cfg, out / name))
+            res = load_run(out / name / "results.json") if done else central_run(cfg, out / name)
+            row = point_row(users, eps, seed, res)
             how = "read back" if done else "run"
         write_json_atomic(record, {"config": cfg.flat(), "row": row})
         rows.append(row)

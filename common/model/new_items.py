@@ -75,14 +75,17 @@ def soft_weights(cos: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(torch.softmax(cos / SIM_TEMPERATURE, dim=1))  # empty history: 0
 
 
+def soft_maximum(cos: torch.Tensor) -> torch.Tensor:
+    """``[B, M]`` soft maximum over the history (dim 1) of `history_cosines`' output."""
+    out = SIM_TEMPERATURE * torch.logsumexp(cos / SIM_TEMPERATURE, dim=1)
+    return torch.where(torch.isfinite(out), out, torch.zeros_like(out))  # empty history: 0
+
+
 def text_similarity(
     hist: torch.Tensor, hist_mask: torch.Tensor, items: torch.Tensor, cat: Catalogue
 ) -> torch.Tensor:
     """``[B, M]`` soft maximum over each history of the frozen cosine to each of `items`."""
-    out = SIM_TEMPERATURE * torch.logsumexp(
-        history_cosines(hist, hist_mask, items, cat) / SIM_TEMPERATURE, dim=1
-    )
-    return torch.where(torch.isfinite(out), out, torch.zeros_like(out))  # empty history: 0
+    return soft_maximum(history_cosines(hist, hist_mask, items, cat))
 
 
 def rank_anchor(

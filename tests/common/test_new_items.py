@@ -124,19 +124,27 @@ def test_setup_marks_the_splits_cold_items_new(make_cfg: Callable[..., RunConfig
     assert "new_item" not in trainable_state(model)
 
 
+def _recommender(
+    cfg: RunConfig, tmp_path: Path, tiny_backbone: Path
+) -> tuple[Corpus, Catalogue, Recommender]:
+    """A fresh model of `cfg` written as an adapter folder and loaded as a site would."""
+    corpus: Corpus = load_corpus(cfg.data)
+    _, cat, model = setup(cfg)
+    digest = catalogue_digest(corpus.data.item_ids, corpus.data.item_texts)
+    folder = write_adapter(model, tmp_path / "adapter", data=cfg.data, catalogue=digest)
+    rec = Recommender.load(folder, cfg.data, backbone=str(tiny_backbone),
+                           cache_dir=cfg.model.cache_dir)  # fmt: skip
+    return corpus, cat, rec
+
+
 def test_new_items_are_recommended_by_text_similarity_flagged_and_explained(
     make_cfg: Callable[..., RunConfig], tmp_path: Path, tiny_backbone: Path
 ) -> None:
     """A large new-item prior lifts new items into the top 10, in the order of their text
     similarity to the history; their drivers are the soft maximum's weights; off, no blend."""
     cfg = make_cfg(**{"data.cold-start-share": 0.2, "model.new-item-prior": 50.0, **CREDIT})
-    corpus: Corpus = load_corpus(cfg.data)
-    _, cat, model = setup(cfg)
+    corpus, cat, rec = _recommender(cfg, tmp_path, tiny_backbone)
     data = corpus.data
-    digest = catalogue_digest(data.item_ids, data.item_texts)
-    folder = write_adapter(model, tmp_path / "adapter", data=cfg.data, catalogue=digest)
-    rec = Recommender.load(folder, cfg.data, backbone=str(tiny_backbone),
-                           cache_dir=cfg.model.cache_dir)  # fmt: skip
     warm = np.setdiff1d(np.arange(data.n_items), corpus.split.cold_items)
     history = [data.item_ids[i] for i in warm[:3]]
     top = rec.for_history(history, k=10)
@@ -265,13 +273,8 @@ def test_the_recommender_puts_the_best_new_item_right_after_the_kth_other(
     make_cfg: Callable[..., RunConfig], tmp_path: Path, tiny_backbone: Path
 ) -> None:
     cfg = make_cfg(**{"data.cold-start-share": 0.2, "model.new-item-rank": 3})
-    corpus: Corpus = load_corpus(cfg.data)
-    _, cat, model = setup(cfg)
+    corpus, cat, rec = _recommender(cfg, tmp_path, tiny_backbone)
     data = corpus.data
-    digest = catalogue_digest(data.item_ids, data.item_texts)
-    folder = write_adapter(model, tmp_path / "adapter", data=cfg.data, catalogue=digest)
-    rec = Recommender.load(folder, cfg.data, backbone=str(tiny_backbone),
-                           cache_dir=cfg.model.cache_dir)  # fmt: skip
     assert rec.model.cfg.new_item_rank == 3  # travels in the adapter folder's config
     warm = np.setdiff1d(np.arange(data.n_items), corpus.split.cold_items)
     top = rec.for_history([data.item_ids[i] for i in warm[:3]], k=10)
