@@ -178,7 +178,7 @@ class Recommender:
         dev, temp = self.model.device, self.model.cfg.temperature
         ht, mt = torch.from_numpy(hist).to(dev), torch.from_numpy(mask).to(dev)
         x, w = self.model.attend(ht, mt, self.cat)
-        cooc = self.model.cooc_feature(ht, mt)
+        cooc = self.model.cooc_of(hists)
         public = self.prior.expand(len(hists), -1)
         if cooc is not None:
             public = self.model.public_scores(cooc)

@@ -61,6 +61,7 @@ class ModelConfig:
     cooc_items: int = 0
     cooc_lambda: float = 100.0
     cooc_weight: float = 1.0
+    cooc_decay: float = 0.0  # 0: the user tower's window (before the key existed)
     # Items the catalogue marks as new (`common.model.new_items`); defaults let older adapters load.
     new_items: bool = True
     new_item_prior: float = 1.4
@@ -101,6 +102,12 @@ class ModelConfig:
         check(self.cooc_lambda > 0, "model.cooc-lambda", self.cooc_lambda, "must be > 0")
         check(
             math.isfinite(self.cooc_weight), "model.cooc-weight", self.cooc_weight, "must be finite"
+        )
+        check(
+            0.0 <= self.cooc_decay <= 1.0,
+            "model.cooc-decay",
+            self.cooc_decay,
+            "must be in [0, 1] (0 = the last data.history-len items; 1 = the whole history)",
         )
         check(
             math.isfinite(self.new_item_prior),

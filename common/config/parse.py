@@ -51,6 +51,7 @@ def parse_overrides(pairs: str | list[str]) -> dict[str, ConfigValue]:
 PREDATING: dict[str, ConfigValue] = {
     "train.lr-schedule": "constant",
     "model.new-item-rank": 0,
+    "model.cooc-decay": 0.0,
 }
 
 

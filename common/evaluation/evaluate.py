@@ -90,7 +90,7 @@ def model_score_fn(
         dev = model.device
         ht, mt = torch.from_numpy(hist).to(dev), torch.from_numpy(mask).to(dev)
         users = model.encode_users(ht, mt, cat)
-        cooc = model.cooc_feature(ht, mt)
+        cooc = model.cooc_of(known)
         public = prior if cooc is None else model.public_scores(cooc)
         s = users @ items.T / model.cfg.temperature + public
         s = blend_new_items(model, s, ht, mt, cat, known)

@@ -22,6 +22,7 @@ class Examples:
     target_mask: torch.Tensor  # [E, T]
     owner: np.ndarray  # [E] in [0, U): which of the step's users an example belongs to
     n_users: int
+    prefix: tuple[np.ndarray, ...] | None = None  # each example's whole history (cooc_of)
 
 
 def all_cuts(data_train: list[np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,8 +57,10 @@ def examples_at(
     hmask = np.zeros((e, history_len), dtype=np.float32)
     cands = np.zeros((e, targets + negatives), dtype=np.int64)
     tmask = np.zeros((e, targets), dtype=np.float32)
+    prefix = []
     for j, (row, cut) in enumerate(zip(rows, cuts, strict=True)):
         seq = data_train[row]
+        prefix.append(seq[:cut])
         h = seq[max(0, cut - history_len) : cut]
         hist[j, history_len - len(h) :] = h
         hmask[j, history_len - len(h) :] = 1
@@ -85,6 +88,7 @@ def examples_at(
         torch.from_numpy(tmask),
         owner,
         n_users,
+        tuple(prefix),
     )
 
 
@@ -127,7 +131,7 @@ def example_losses(
     hist, hmask = ex.hist.to(dev), ex.hist_mask.to(dev)
     cands, tmask = ex.cands.to(dev), ex.target_mask.to(dev)
     if cfg.loss == "sampled":
-        scores = model(hist, hmask, cands, cat)
+        scores = model(hist, hmask, cands, cat, ex.prefix)
         if log_q is not None:  # sampled-softmax correction for non-uniform negatives
             scores = scores - log_q[cands]
         return per_user_loss(scores, tmask)
@@ -135,7 +139,7 @@ def example_losses(
         raise RuntimeError("the full softmax needs the catalogue's text cache")
     table = model.user_proj(cat.frozen.to(dev)) if live_catalogue else None
     users = model.encode_users(hist, hmask, cat, table)
-    cooc = model.cooc_feature(hist, hmask)
+    cooc = model.cooc_rows(hist, hmask, ex.prefix)
     targets = cands[:, : tmask.shape[1]]
     if cfg.loss == "full":
         pos = model.score_candidates(users, targets, cat, cooc)

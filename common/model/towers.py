@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,8 @@ from torch import nn
 from common.config.model import ModelConfig
 from common.model.backbone import additive_mask, load_backbone
 from common.model.catalogue import Catalogue, mean_pool
-from common.privacy.cooc import ease_table, history_scores
+from common.model.history import left_padded
+from common.privacy.cooc import ease_table, history_scores, recency_weights
 from common.privacy.prior import prior_scores
 
 HEAD_FILE = "head.safetensors"
@@ -204,16 +206,40 @@ class RecModel(nn.Module):
         return x, torch.softmax(logits, dim=-1) * hist_mask
 
     def forward(
-        self, hist: torch.Tensor, hist_mask: torch.Tensor, cands: torch.Tensor, cat: Catalogue
+        self,
+        hist: torch.Tensor,
+        hist_mask: torch.Tensor,
+        cands: torch.Tensor,
+        cat: Catalogue,
+        prefix: Sequence[np.ndarray] | None = None,
     ) -> torch.Tensor:
         """Scores ``[B, K]`` of each user's K candidate items.
+
+        `prefix` holds each row's whole history (what `cooc_of` reads); None: the window
+        `hist` is all there is (then `model.cooc-decay` must be 0 for a co-occurrence term).
 
         The LoRA layers run on the flattened ``[B*K]`` candidates; `train.regroup_grad_samples`
         folds their per-row gradients back to one per user before clipping. The head (projection,
         ID embedding, bias, prior weight) runs batch-first, so its gradients are per user.
         """
         users = self.encode_users(hist, hist_mask, cat)
-        return self.score_candidates(users, cands, cat, self.cooc_feature(hist, hist_mask))
+        return self.score_candidates(users, cands, cat, self.cooc_rows(hist, hist_mask, prefix))
+
+    def cooc_rows(
+        self, hist: torch.Tensor, hist_mask: torch.Tensor, prefix: Sequence[np.ndarray] | None
+    ) -> torch.Tensor | None:
+        """`cooc_of` the rows' whole histories `prefix`, or of the window when there is none.
+
+        Without `prefix`, a model whose `model.cooc-decay` reads the whole history refuses:
+        scoring the window instead would silently train or rank on another feature.
+        """
+        if prefix is not None:
+            return self.cooc_of(prefix)
+        if self.cfg.cooc_decay != 0 and self.has_cooc():
+            raise ValueError(
+                "model.cooc-decay > 0 reads each user's whole history; pass it (prefix)"
+            )
+        return self.cooc_feature(hist, hist_mask)
 
     def score_candidates(
         self, users: torch.Tensor, cands: torch.Tensor, cat: Catalogue,
@@ -261,26 +287,45 @@ class RecModel(nn.Module):
             out = out + self.cooc_weight(cooc.unsqueeze(-1)).squeeze(-1)
         return out
 
-    def cooc_feature(self, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor | None:
-        """``[B, n_items]`` EASE scores of each history on the released co-occurrence matrix.
+    def cooc_of(self, histories: Sequence[np.ndarray]) -> torch.Tensor | None:
+        """`cooc_feature` of chronological histories, over what `model.cooc-decay` reads.
 
-        None without `model.cooc-items` or before the release (see `common.privacy.cooc`).
-        Only released statistics and the user's own history enter it (no gradient).
+        Decay 0: the last ``data.history-len`` items (the user tower's window), equally
+        weighted; decay in (0, 1]: the whole history, ``decay ** age`` (1: all items equally).
         """
-        if self.cooc is None or not bool(self.cooc.any()) or not bool(self.prior.any()):
+        if not self.has_cooc():
+            return None
+        window = self.recency.num_embeddings if self.cfg.cooc_decay == 0 else None
+        hist, mask = left_padded(histories, window)
+        return self.cooc_feature(torch.from_numpy(hist), torch.from_numpy(mask))
+
+    def has_cooc(self) -> bool:
+        """Whether the co-occurrence term is on and both of its releases have arrived."""
+        return self.cooc is not None and bool(self.cooc.any()) and bool(self.prior.any())
+
+    def cooc_feature(self, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor | None:
+        """``[B, n_items]`` EASE scores of right-aligned histories on the released matrix.
+
+        Each history item weighs ``model.cooc-decay ** age`` (`common.privacy.cooc.
+        recency_weights`); pass the histories `cooc_of` would (the window or the whole
+        history). None without `model.cooc-items` or before the release. Only released
+        statistics and the user's own history enter it (no gradient).
+        """
+        cooc = self.cooc
+        if cooc is None or not self.has_cooc():
             return None
         # Once per released matrix: the buffers' storage and in-place version counters change
         # whenever a state is loaded into them (copying the matrix to compare cost a copy).
-        key = (self.cooc.data_ptr(), self.cooc._version, self.prior.data_ptr(), self.prior._version)
+        key = (cooc.data_ptr(), cooc._version, self.prior.data_ptr(), self.prior._version)
         if self._cooc_table is None or self._cooc_table[0] != key:
-            cooc, prior = self.cooc.detach().cpu().numpy(), self.prior.detach().cpu().numpy()
-            top, ease = ease_table(cooc, prior, l2=self.cfg.cooc_lambda,
+            gram, prior = cooc.detach().cpu().numpy(), self.prior.detach().cpu().numpy()
+            top, ease = ease_table(gram, prior, l2=self.cfg.cooc_lambda,
                                    history_len=self.recency.num_embeddings)  # fmt: skip
             dev = self.device
             self._cooc_table = (key, torch.from_numpy(top).to(dev), torch.from_numpy(ease).to(dev))
         _, head, b = self._cooc_table
-        return history_scores(hist.to(self.device), hist_mask.to(self.device), head, b,
-                              self.prior.numel())  # fmt: skip
+        weights = recency_weights(hist_mask.to(self.device), self.cfg.cooc_decay)
+        return history_scores(hist.to(self.device), weights, head, b, self.prior.numel())
 
     def prior_feature(self) -> torch.Tensor:
         """``[n_items]`` standardised log-popularity of the (noisy) histogram in `prior`."""

@@ -56,6 +56,7 @@ class Batch:
     hist_mask: torch.Tensor  # [B, H]
     cands: torch.Tensor  # [B, T+N]: T targets then N negatives
     target_mask: torch.Tensor  # [B, T]: 1 where the target slot is real
+    prefix: tuple[np.ndarray, ...] | None = None  # each row's whole history before its cut
 
 
 def make_batch(
@@ -86,9 +87,11 @@ def make_batch(
     hmask = np.zeros((b, history_len), dtype=np.float32)
     cands = np.zeros((b, targets + negatives), dtype=np.int64)
     tmask = np.zeros((b, targets), dtype=np.float32)
+    prefix = []
     for j, row in enumerate(rows):
         seq = data.train[row]
         cut = int(rng.integers(1, len(seq)))
+        prefix.append(seq[:cut])
         h = seq[max(0, cut - history_len) : cut]
         hist[j, history_len - len(h) :] = h
         hmask[j, history_len - len(h) :] = 1
@@ -106,6 +109,7 @@ def make_batch(
         torch.from_numpy(hmask),
         torch.from_numpy(cands),
         torch.from_numpy(tmask),
+        tuple(prefix),
     )
 
 
@@ -362,7 +366,9 @@ def _examples(
     if cuts is None:
         b = make_batch(data, rows[local], **kw)  # type: ignore[arg-type]
         owner = np.arange(len(local))
-        return Examples(b.hist, b.hist_mask, b.cands, b.target_mask, owner, len(local))
+        return Examples(
+            b.hist, b.hist_mask, b.cands, b.target_mask, owner, len(local), prefix=b.prefix
+        )
     if dp:
         ex_rows, ex_cuts = all_cuts(data.train, rows[local])
         first = np.concatenate([[0], np.cumsum([len(data.train[r]) - 1 for r in rows[local]])])

@@ -106,18 +106,35 @@ def ease_table(
     return head_items(prior, b.shape[0]), (b / max(rms, 1e-12)).astype(np.float32)
 
 
-def history_scores(
-    hist: torch.Tensor, mask: torch.Tensor, head: torch.Tensor, b: torch.Tensor, n_items: int
-) -> torch.Tensor:
-    """``[B, n_items]``: for each history (``[B, T]`` items, mask 1 = real) ``x_head @ B``.
+def recency_weights(mask: torch.Tensor, decay: float) -> torch.Tensor:
+    """``[B, L]`` weights of right-aligned (left-padded) histories: ``decay ** age`` per real item.
 
-    ``x_head`` marks the history's distinct head items; items outside the head score 0.
+    Age 0 is the most recent item (the last column); padding weighs 0. ``decay = 0`` weighs
+    every real item 1 (the equal weights of a window, `model.cooc-decay` = 0).
+    """
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"`model.cooc-decay` must be in [0, 1], got {decay}")
+    m = mask.to(torch.float32)
+    if decay == 0.0:
+        return m
+    age = torch.arange(m.shape[1] - 1, -1, -1, device=m.device, dtype=torch.float32)
+    return m * decay**age
+
+
+def history_scores(
+    hist: torch.Tensor, weights: torch.Tensor, head: torch.Tensor, b: torch.Tensor, n_items: int
+) -> torch.Tensor:
+    """``[B, n_items]``: for each history (``[B, L]`` items, ``weights`` >= 0) ``x_head @ B``.
+
+    ``x_head`` holds each distinct head item of the history once, at the largest weight it
+    has there (its most recent occurrence under `recency_weights`); items outside the head
+    score 0 and weigh nothing.
     """
     slot = torch.full((n_items,), head.numel(), dtype=torch.long, device=hist.device)
     slot[head] = torch.arange(head.numel(), device=hist.device)
     x = torch.zeros(hist.shape[0], head.numel() + 1, device=hist.device)
-    x.scatter_add_(1, slot[hist], mask.to(torch.float32))
-    x = x[:, :-1].clamp_(max=1.0)  # distinct items once; padding and non-head land in the last
+    x.scatter_reduce_(1, slot[hist], weights.to(torch.float32), reduce="amax")
+    x = x[:, :-1]  # padding and non-head items land in the last column
     out = torch.zeros(hist.shape[0], n_items, device=hist.device)
     out[:, head] = x @ b
     return out

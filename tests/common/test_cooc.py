@@ -44,7 +44,12 @@ def _released(model: RecModel, local: LocalData) -> RecModel:
 
 
 def _slow_feature(model: RecModel, hist: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """EASE by the textbook formulas in float64, one user and one item at a time."""
+    """EASE by the textbook formulas in float64, one user and one item at a time.
+
+    A history item weighs ``decay ** age`` (age 0 = the last column) at its most recent
+    position, or 1 with decay 0.
+    """
+    decay = model.cfg.cooc_decay
     assert model.cooc is not None
     g = model.cooc.numpy().astype(np.float64)
     w, q = np.linalg.eigh(g)
@@ -57,16 +62,25 @@ def _slow_feature(model: RecModel, hist: np.ndarray, mask: np.ndarray) -> np.nda
     head = order[: len(g)]
     out = np.zeros((len(hist), model.prior.numel()))
     for u in range(len(hist)):
-        seen = {int(i) for i, m in zip(hist[u], mask[u], strict=True) if m > 0}
+        weight: dict[int, float] = {}
+        width = len(hist[u])
+        for pos, (i, m) in enumerate(zip(hist[u], mask[u], strict=True)):
+            if m > 0:
+                w = 1.0 if decay == 0 else decay ** (width - 1 - pos)
+                weight[int(i)] = max(weight.get(int(i), 0.0), w)
         for col, item in enumerate(head):
-            out[u, item] = sum(b[head.index(j), col] for j in seen if j in head)
+            out[u, item] = sum(w * b[head.index(j), col] for j, w in weight.items() if j in head)
     return out
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.5, 1.0])
 def test_feature_equals_a_slow_reference(
-    make_cfg: Callable[..., RunConfig], make_model: Callable[..., RecModel], local: LocalData
+    decay: float,
+    make_cfg: Callable[..., RunConfig],
+    make_model: Callable[..., RecModel],
+    local: LocalData,
 ) -> None:
-    model = _released(make_model(make_cfg(**COOC)), local)
+    model = _released(make_model(make_cfg(**COOC, **{"model.cooc-decay": decay})), local)
     rng = np.random.default_rng(0)
     hist = rng.integers(0, model.prior.numel(), size=(5, 8))
     hist[0, :3] = hist[0, 3]  # a repeated item counts once
@@ -107,11 +121,13 @@ def test_the_feature_is_off_before_the_release_and_without_the_key(
     assert COOC_KEY not in trainable_state(plain)
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.7, 1.0])
 def test_the_release_moves_the_ranking_by_its_learned_weight(
-    make_cfg: Callable[..., RunConfig], make_model: Callable[..., RecModel],
+    decay: float, make_cfg: Callable[..., RunConfig], make_model: Callable[..., RecModel],
     catalogue: Catalogue, local: LocalData,
 ) -> None:  # fmt: skip
-    model = _released(make_model(make_cfg(**COOC)), local)
+    """The evaluation scores the window (decay 0) or the whole known history (decay > 0)."""
+    model = _released(make_model(make_cfg(**COOC, **{"model.cooc-decay": decay})), local)
     rows, known = np.arange(6), [np.asarray(t) for t in local.train[:6]]
     with_cooc = model_score_fn(model, catalogue, history_len=8)(rows, known)
     assert model.cooc_weight is not None
@@ -120,11 +136,13 @@ def test_the_release_moves_the_ranking_by_its_learned_weight(
     with torch.no_grad():
         model.cooc_weight.weight.zero_()
     without = model_score_fn(model, catalogue, history_len=8)(rows, known)
-    hist = np.zeros((6, 8), dtype=np.int64)
-    mask = np.zeros((6, 8), dtype=np.float32)
+    width = 8 if decay == 0 else max(len(k) for k in known)
+    assert decay == 0 or width > 8  # the whole history is longer than the window here
+    hist = np.zeros((6, width), dtype=np.int64)
+    mask = np.zeros((6, width), dtype=np.float32)
     for j, k in enumerate(known):
-        h = k[-8:]
-        hist[j, 8 - len(h) :], mask[j, 8 - len(h) :] = h, 1
+        h = k[-width:]
+        hist[j, width - len(h) :], mask[j, width - len(h) :] = h, 1
     want = weight * _slow_feature(model, hist, mask)
     np.testing.assert_allclose(with_cooc - without, want, atol=1e-4)
 

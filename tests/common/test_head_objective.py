@@ -56,9 +56,12 @@ def examples_of(cfg: RunConfig, local: LocalData, rows: np.ndarray, *, neg: int 
 
 
 def subset(ex: Examples, keep: np.ndarray) -> Examples:
+    prefix = ex.prefix
+    if prefix is not None:
+        prefix = tuple(p for p, k in zip(prefix, keep, strict=True) if k)
     return Examples(
         ex.hist[keep], ex.hist_mask[keep], ex.cands[keep], ex.target_mask[keep],
-        np.zeros(int(keep.sum()), dtype=np.int64), 1,
+        np.zeros(int(keep.sum()), dtype=np.int64), 1, prefix,
     )  # fmt: skip
 
 
