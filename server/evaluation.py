@@ -23,7 +23,8 @@ def server_evaluator(cfg: RunConfig, n_clients: int) -> EvaluateFn:
 
     Only for simulation (``fed.server-data = true``): the server reads the same data the
     simulated sites do, so the figures a study reports need nothing from any site. Same
-    protocol as a site's evaluation (full catalogue, test item, history = train + validation);
+    protocol as a site's evaluation (full catalogue, the `fed.eval-split` item: test with
+    history = train + validation, or valid with history = train);
     per-client values group users by the simulated partition.
     """
     corpus, cat, model = setup(cfg)
@@ -49,7 +50,7 @@ def server_evaluator(cfg: RunConfig, n_clients: int) -> EvaluateFn:
             score,
             local,
             n_items,
-            which="test",
+            which=cfg.fed.eval_split,
             evaluator=RankingEvaluator(n_items, seed=cfg.train.seed, long_tail_items=tail),
         )
         res = ev.result()

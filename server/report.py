@@ -113,6 +113,7 @@ def finish_run(
         base |= dp_baselines_fn(privacy)
     results: dict[str, Any] = {
         "setting": "federated",
+        "evaluated": cfg.fed.eval_split,
         "status": status,
         "dataset": cfg.data.dataset,
         "metrics": metrics,

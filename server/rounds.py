@@ -156,7 +156,7 @@ def evaluate_round(
     released by a site); the sites' (noised) aggregate is kept beside it as ``site_eval``.
     """
     rnd = result.round
-    config = ConfigRecord({R.EVAL_SPLIT: "test", R.PER_USER: cfg.fed.per_user_metrics,
+    config = ConfigRecord({R.EVAL_SPLIT: cfg.fed.eval_split, R.PER_USER: cfg.fed.per_user_metrics,
                            R.ROUND: rnd, R.RUN_KEY: run_key})  # fmt: skip
     msgs = list(strategy.configure_evaluate(rnd, new, config, grid))
     usable = []

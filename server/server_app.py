@@ -83,10 +83,10 @@ def main(grid: Grid, context: Context) -> None:
         catalogue = catalogue_digest(corpus.data.item_ids, corpus.data.item_texts)
 
         def baselines() -> dict[str, Any]:
-            return run_baselines(corpus, seed=cfg.train.seed)
+            return run_baselines(corpus, seed=cfg.train.seed, which=cfg.fed.eval_split)
 
-        def dp_baselines(privacy: dict[str, Any]) -> dict[str, Any]:
-            return dp_baselines_for(corpus, cfg, privacy, label="server")
+        if cfg.fed.eval_split == "test":  # they report the test item (chosen on valid)
+            dp_baselines = functools.partial(dp_baselines_for, corpus, cfg, label="server")
 
         n_items = corpus.data.n_items
         model = RecModel(

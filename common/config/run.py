@@ -11,6 +11,9 @@ from common.config.data import DataConfig
 from common.config.dp import DPConfig
 from common.config.model import ModelConfig, TrainConfig
 
+# fed.eval-split: the held-out item a federated run is evaluated on, each round and at the end.
+EVAL_SPLITS = ("test", "valid")
+
 
 @dataclass(frozen=True)
 class FedConfig:
@@ -36,9 +39,16 @@ class FedConfig:
     seed: int
     server_data: bool
     deliver_final: bool
+    eval_split: str = "test"  # runs recorded before the key evaluated the test item
 
     def __post_init__(self) -> None:
         check(self.rounds >= 1, "fed.rounds", self.rounds, "must be >= 1")
+        check(
+            self.eval_split in EVAL_SPLITS,
+            "fed.eval-split",
+            self.eval_split,
+            f"must be one of {EVAL_SPLITS} (choose settings on 'valid', report 'test' once)",
+        )
         check(
             0 < self.fraction_train <= 1,
             "fed.fraction-train",
