@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config.parse import PREDATING
+from common.config.parse import PREDATING, without_inert
 from common.config.run import RunConfig
 from common.io import write_json_atomic
 
@@ -46,11 +46,13 @@ class Checkpoint:
             raise RuntimeError(
                 f"checkpoint {self.dir} is unreadable ({exc}); move it away to start from scratch"
             ) from exc
-        # A checkpoint written before a key existed ran with that key's earlier behaviour.
+        # A checkpoint written before a key existed ran with that key's earlier behaviour;
+        # keys that cannot change this run (`without_inert`) are not compared.
         predating = {k: v for k, v in PREDATING.items() if k in self.config}
-        recorded = {**_jsonable(predating), **meta["config"]}
-        if recorded != _jsonable(self.config):
-            diff = sorted(k for k in self.config if recorded.get(k) != _jsonable(self.config)[k])
+        recorded = without_inert({**_jsonable(predating), **meta["config"]})
+        current = without_inert(_jsonable(self.config))
+        if recorded != current:
+            diff = sorted(k for k in current if recorded.get(k) != current[k])
             raise RuntimeError(
                 f"checkpoint {self.dir} belongs to a run with a different config "
                 f"(keys {diff}); use another fed.out-dir"

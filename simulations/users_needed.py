@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config.base import ConfigError
-from common.config.parse import parse_config, parse_overrides, parse_recorded
+from common.config.parse import parse_config, parse_overrides, parse_recorded, without_inert
 from common.config.run import RunConfig
 from common.data.interactions import DataError
 from common.io import clean_json, write_json_atomic
@@ -62,23 +62,16 @@ def point_config(base: dict[str, Any], users: int, epsilon: float, seed: int) ->
     return parse_config(over)
 
 
-# Keys that change nothing when no item is new (the synthetic data has none by default).
-NEW_ITEM_KEYS = ("model.new-item-rank", "model.new-item-text-weight", "model.new-item-prior")
-
-
 def same_config(recorded: dict[str, Any], cfg: RunConfig) -> bool:
     """Whether a recorded flat config describes the point of `cfg`.
 
     A key the record lacks (added to the code after it was written) takes the value of the
-    behaviour before it existed (`parse_recorded`); the new-item keys are not compared when
-    the point marks no item new (they cannot change its run).
+    behaviour before it existed (`parse_recorded`); keys that cannot change the point's run
+    (`without_inert`: new-item keys without new items, co-occurrence keys without the
+    release) are not compared.
     """
-    have = clean_json(parse_recorded(recorded).flat())
-    want = clean_json(cfg.flat())
-    if not cfg.data.cold_start_share and not cfg.data.new_items_file:
-        for key in NEW_ITEM_KEYS:
-            have.pop(key, None)
-            want.pop(key, None)
+    have = without_inert(clean_json(parse_recorded(recorded).flat()))
+    want = without_inert(clean_json(cfg.flat()))
     return bool(have == want)
 
 

@@ -55,6 +55,27 @@ PREDATING: dict[str, ConfigValue] = {
 }
 
 
+# Keys that change nothing unless another key switches their feature on (compared only then).
+NEW_ITEM_KEYS = ("model.new-item-rank", "model.new-item-text-weight", "model.new-item-prior")
+COOC_KEYS = ("model.cooc-lambda", "model.cooc-weight", "model.cooc-decay")
+
+
+def without_inert(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat config without the keys that cannot change its run (for comparing two configs).
+
+    The new-item keys act only when some item is new (``data.cold-start-share`` or
+    ``data.new-items-file``), the co-occurrence keys only with ``model.cooc-items`` > 0.
+    """
+    out = dict(flat)
+    if not out.get("data.cold-start-share") and not out.get("data.new-items-file"):
+        for key in NEW_ITEM_KEYS:
+            out.pop(key, None)
+    if not out.get("model.cooc-items"):
+        for key in COOC_KEYS:
+            out.pop(key, None)
+    return out
+
+
 def parse_recorded(recorded: Mapping[str, Any]) -> RunConfig:
     """`parse_config` of a config recorded by an earlier run (results.json, a point record).
 

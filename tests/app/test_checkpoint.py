@@ -84,6 +84,7 @@ def test_a_different_config_is_refused_naming_the_key(
 def test_a_checkpoint_predating_a_key_resumes_only_at_its_earlier_behaviour(
     tmp_path: Path, cfg: RunConfig
 ) -> None:
+    cfg = _replace(cfg, "data", cold_start_share=0.1)  # new items: the new-item keys act
     old = _replace(cfg, "model", new_item_rank=0)  # the behaviour before the key existed
     Checkpoint(tmp_path, old).save(1, _state(1.0), [_row(1)])
     meta = json.loads((tmp_path / "checkpoint" / "meta.json").read_text())
@@ -92,6 +93,27 @@ def test_a_checkpoint_predating_a_key_resumes_only_at_its_earlier_behaviour(
     assert Checkpoint(tmp_path, old).load(INITIAL)[2] == 2
     with pytest.raises(RuntimeError, match=r"different config \(keys \['model.new-item-rank'\]"):
         Checkpoint(tmp_path, _replace(cfg, "model", new_item_rank=60)).load(INITIAL)
+
+
+@pytest.mark.parametrize("cooc_items", [0, 12])
+def test_keys_that_cannot_change_the_run_do_not_block_a_resume(
+    tmp_path: Path, cfg: RunConfig, cooc_items: int
+) -> None:
+    """Without new items the new-item keys, without the release the co-occurrence keys, are
+    inert (`without_inert`); with the release on, a checkpoint predating model.cooc-decay
+    resumes only at its earlier behaviour (0, the window)."""
+    cfg = _replace(cfg, "model", cooc_items=cooc_items)
+    Checkpoint(tmp_path, cfg).save(1, _state(1.0), [_row(1)])
+    meta = json.loads((tmp_path / "checkpoint" / "meta.json").read_text())
+    del meta["config"]["model.cooc-decay"]  # written before the key existed
+    (tmp_path / "checkpoint" / "meta.json").write_text(json.dumps(meta))
+    other = _replace(cfg, "model", new_item_rank=7, cooc_decay=1.0)
+    if not cooc_items:
+        assert Checkpoint(tmp_path, other).load(INITIAL)[2] == 2
+        return
+    with pytest.raises(RuntimeError, match=r"different config \(keys \['model.cooc-decay'\]"):
+        Checkpoint(tmp_path, other).load(INITIAL)
+    assert Checkpoint(tmp_path, _replace(other, "model", cooc_decay=0.0)).load(INITIAL)[2] == 2
 
 
 @pytest.mark.parametrize(
