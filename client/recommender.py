@@ -16,6 +16,7 @@ from common.data.interactions import Interactions
 from common.evaluation.evaluate import item_matrix
 from common.io import clean_json
 from common.model.adapter import AdapterInfo, catalogue_digest, open_adapter
+from common.model.history import left_padded
 from common.model.new_items import (
     history_cosines,
     new_item_parts,
@@ -168,13 +169,7 @@ class Recommender:
             raise RequestError(f"k must be in [1, {self.data.n_items}], got {k}")
         if explain < 0:
             raise RequestError(f"explain must be >= 0, got {explain}")
-        t = self.info.history_len
-        hist = np.zeros((len(hists), t), dtype=np.int64)
-        mask = np.zeros((len(hists), t), dtype=np.float32)
-        for j, h in enumerate(hists):
-            h = h[-t:]
-            if len(h):
-                hist[j, t - len(h) :], mask[j, t - len(h) :] = h, 1
+        hist, mask = left_padded(hists, self.info.history_len)
         dev, temp = self.model.device, self.model.cfg.temperature
         ht, mt = torch.from_numpy(hist).to(dev), torch.from_numpy(mask).to(dev)
         x, w = self.model.attend(ht, mt, self.cat)

@@ -28,11 +28,12 @@ class RunResult:
     `simulations.centralized.run`.
     """
 
-    metrics: dict[str, Any]  # the final evaluation (test split, full ranking)
+    metrics: dict[str, Any]  # the final evaluation (the `evaluated` item, full ranking)
     privacy: PrivacyReport
     history: list[dict[str, Any]]  # one row per round (`server.rounds.RoundResult.to_json`)
     status: str = "completed"  # "completed" or "stopped ..." (a central run writes none)
     setting: str = ""  # "federated" or "central"
+    evaluated: str = "test"  # the held-out item of `metrics` (runs before the key: test)
     dataset: str = ""
     baselines: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +93,7 @@ class RunResult:
             history=[dict(h) for h in history],
             status=str(data.get("status", "completed")),
             setting=str(data.get("setting", "")),
+            evaluated=str(data.get("evaluated", "test")),
             dataset=str(data.get("dataset", "")),
             baselines=dict(data.get("baselines", {})),
             timing=dict(data.get("timing", {})),

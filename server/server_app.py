@@ -19,7 +19,7 @@ from common.config.run import RunConfig
 from common.evaluation.baseline_runs import dp_baselines_for, run_baselines
 from common.model.adapter import catalogue_digest, write_adapter
 from common.model.towers import PRIOR_KEY, RecModel, load_trainable_state, trainable_state
-from common.task import device, load_corpus
+from common.task import Corpus, device, load_corpus
 from server.evaluation import EvaluateFn, server_evaluator
 from server.federation import run_federation, wait_for_nodes
 
@@ -68,6 +68,23 @@ def _initial_state_of(replies: list[Message]) -> tuple[dict[str, np.ndarray] | N
     return state, ""
 
 
+def baseline_fns(
+    corpus: Corpus, cfg: RunConfig
+) -> tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], dict[str, Any]] | None]:
+    """The run's baselines on its `fed.eval-split` item, and its DP baselines (test runs only).
+
+    The DP baselines choose their settings on the validation item and report the test item,
+    so a run evaluated on the validation item leaves them out (None).
+    """
+
+    def baselines() -> dict[str, Any]:
+        return run_baselines(corpus, seed=cfg.train.seed, which=cfg.fed.eval_split)
+
+    if cfg.fed.eval_split != "test":
+        return baselines, None
+    return baselines, functools.partial(dp_baselines_for, corpus, cfg, label="server")
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the federation configured by the run config; results go to `fed.out-dir`."""
@@ -82,11 +99,7 @@ def main(grid: Grid, context: Context) -> None:
         corpus = load_corpus(cfg.data)
         catalogue = catalogue_digest(corpus.data.item_ids, corpus.data.item_texts)
 
-        def baselines() -> dict[str, Any]:
-            return run_baselines(corpus, seed=cfg.train.seed, which=cfg.fed.eval_split)
-
-        if cfg.fed.eval_split == "test":  # they report the test item (chosen on valid)
-            dp_baselines = functools.partial(dp_baselines_for, corpus, cfg, label="server")
+        baselines, dp_baselines = baseline_fns(corpus, cfg)
 
         n_items = corpus.data.n_items
         model = RecModel(

@@ -66,7 +66,7 @@ def step_flops(cfg: RunConfig, model: Any, cat: Any, local: Any) -> float:
         rng=rng,
     )
     with FlopCounterMode(display=False) as counter:
-        scores = model(batch.hist, batch.hist_mask, batch.cands, cat)
+        scores = model(batch.hist, batch.hist_mask, batch.cands, cat, batch.prefix)
         per_user_loss(scores, batch.target_mask).mean().backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())

@@ -158,14 +158,15 @@ def cold_start(
             **{k: res[k] for k in ("hr@10", "ndcg@10")},
             **_rank_stats(ev.per_user()["rank"], n_items),
         }
-        text = _text_only_cold(results, corpus, users[cold], seed=seed) if text_only else None
+        text = (_text_only_cold(results, corpus, users[cold], seed=seed, which=which)
+                if text_only else None)  # fmt: skip
         if text is not None:
             out["text-only_cold"] = text
     return out
 
 
 def _text_only_cold(
-    results: RunResult, corpus: Any, users: np.ndarray, *, seed: int
+    results: RunResult, corpus: Any, users: np.ndarray, *, seed: int, which: str = "test"
 ) -> dict[str, float] | None:
     """The run's final adapter with the popularity prior switched off, on the cold users.
 
@@ -195,7 +196,7 @@ def _text_only_cold(
         model_score_fn(model.eval(), cat, history_len=hl),
         corpus.local(users),
         n_items,
-        which="test",
+        which=which,
         evaluator=evaluator_for(corpus, seed),
     )
     res = ev.result()

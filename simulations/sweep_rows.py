@@ -68,7 +68,8 @@ def make_row(pt: Point, results: RunResult, wall_s: float) -> dict[str, Any]:
         "baselines": results.baselines,
         "privacy": results.privacy.summary(),
         "fairness": fairness(results, corpus),
-        "cold_start": cold_start(results, corpus, seed=cfg.train.seed),
+        "evaluated": results.evaluated,
+        "cold_start": cold_start(results, corpus, seed=cfg.train.seed, which=results.evaluated),
         "rounds": [
             {k: h.get(k) for k in ("round", "wall_s")} | {k: h["eval"].get(k) for k in TOP10}
             for h in results.evaluated_rounds()

@@ -52,6 +52,7 @@ PREDATING: dict[str, ConfigValue] = {
     "train.lr-schedule": "constant",
     "model.new-item-rank": 0,
     "model.cooc-decay": 0.0,
+    "fed.eval-split": "test",
 }
 
 

@@ -13,6 +13,7 @@ from filelock import FileLock
 
 from common.evaluation.metrics import RankingEvaluator
 from common.model.catalogue import Catalogue
+from common.model.history import left_padded
 from common.model.new_items import blend_new_items
 from common.model.towers import RecModel
 from common.model.train import LocalData
@@ -80,13 +81,7 @@ def model_score_fn(
 
     @torch.no_grad()
     def score(rows: np.ndarray, known: list[np.ndarray]) -> np.ndarray:
-        hist = np.zeros((len(rows), history_len), dtype=np.int64)
-        mask = np.zeros((len(rows), history_len), dtype=np.float32)
-        for j, k in enumerate(known):
-            h = k[-history_len:]
-            if len(h):
-                hist[j, history_len - len(h) :] = h
-                mask[j, history_len - len(h) :] = 1
+        hist, mask = left_padded(known, history_len)
         dev = model.device
         ht, mt = torch.from_numpy(hist).to(dev), torch.from_numpy(mask).to(dev)
         users = model.encode_users(ht, mt, cat)

@@ -14,8 +14,7 @@ from torch import nn
 from common.config.model import ModelConfig
 from common.model.backbone import additive_mask, load_backbone
 from common.model.catalogue import Catalogue, mean_pool
-from common.model.history import left_padded
-from common.privacy.cooc import ease_table, history_scores, recency_weights
+from common.privacy.cooc import ease_table, flat_history, history_scores, recency_weights
 from common.privacy.prior import prior_scores
 
 HEAD_FILE = "head.safetensors"
@@ -288,32 +287,43 @@ class RecModel(nn.Module):
         return out
 
     def cooc_of(self, histories: Sequence[np.ndarray]) -> torch.Tensor | None:
-        """`cooc_feature` of chronological histories, over what `model.cooc-decay` reads.
+        """``[B, n_items]`` co-occurrence scores of chronological histories (None: no release).
 
-        Decay 0: the last ``data.history-len`` items (the user tower's window), equally
-        weighted; decay in (0, 1]: the whole history, ``decay ** age`` (1: all items equally).
+        What is read follows `model.cooc-decay`: 0, the last ``data.history-len`` items (the
+        user tower's window), equally weighted; in (0, 1], the whole history, each item
+        ``decay ** age`` (1: all equally). Only released statistics and the user's own
+        history enter it (no gradient).
         """
         if not self.has_cooc():
             return None
         window = self.recency.num_embeddings if self.cfg.cooc_decay == 0 else None
-        hist, mask = left_padded(histories, window)
-        return self.cooc_feature(torch.from_numpy(hist), torch.from_numpy(mask))
+        rows, items, weights = flat_history(histories, window=window, decay=self.cfg.cooc_decay)
+        flat = (torch.from_numpy(rows), torch.from_numpy(items), torch.from_numpy(weights))
+        return self._cooc_scores(flat, len(histories))
 
     def has_cooc(self) -> bool:
         """Whether the co-occurrence term is on and both of its releases have arrived."""
         return self.cooc is not None and bool(self.cooc.any()) and bool(self.prior.any())
 
     def cooc_feature(self, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor | None:
-        """``[B, n_items]`` EASE scores of right-aligned histories on the released matrix.
+        """`cooc_of` for right-aligned ``[B, L]`` histories (mask 1 = real), as given.
 
-        Each history item weighs ``model.cooc-decay ** age`` (`common.privacy.cooc.
-        recency_weights`); pass the histories `cooc_of` would (the window or the whole
-        history). None without `model.cooc-items` or before the release. Only released
-        statistics and the user's own history enter it (no gradient).
+        Each item weighs ``model.cooc-decay ** age`` (`common.privacy.cooc.recency_weights`);
+        pass the rows `cooc_of` would read (the window, or whole histories).
         """
-        cooc = self.cooc
-        if cooc is None or not self.has_cooc():
+        if not self.has_cooc():
             return None
+        rows, cols = torch.nonzero(hist_mask > 0, as_tuple=True)
+        weights = recency_weights(hist_mask, self.cfg.cooc_decay)[rows, cols]
+        return self._cooc_scores((rows, hist[rows, cols], weights), hist.shape[0])
+
+    def _cooc_scores(
+        self, flat: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n_rows: int
+    ) -> torch.Tensor:
+        """EASE (built once per released matrix) of flat (row, item, weight) histories."""
+        cooc = self.cooc
+        if cooc is None:
+            raise RuntimeError("no co-occurrence matrix (model.cooc-items = 0)")
         # Once per released matrix: the buffers' storage and in-place version counters change
         # whenever a state is loaded into them (copying the matrix to compare cost a copy).
         key = (cooc.data_ptr(), cooc._version, self.prior.data_ptr(), self.prior._version)
@@ -324,8 +334,7 @@ class RecModel(nn.Module):
             dev = self.device
             self._cooc_table = (key, torch.from_numpy(top).to(dev), torch.from_numpy(ease).to(dev))
         _, head, b = self._cooc_table
-        weights = recency_weights(hist_mask.to(self.device), self.cfg.cooc_decay)
-        return history_scores(hist.to(self.device), weights, head, b, self.prior.numel())
+        return history_scores(flat, n_rows, head, b, self.prior.numel())
 
     def prior_feature(self) -> torch.Tensor:
         """``[n_items]`` standardised log-popularity of the (noisy) histogram in `prior`."""

@@ -121,22 +121,50 @@ def recency_weights(mask: torch.Tensor, decay: float) -> torch.Tensor:
     return m * decay**age
 
 
-def history_scores(
-    hist: torch.Tensor, weights: torch.Tensor, head: torch.Tensor, b: torch.Tensor, n_items: int
-) -> torch.Tensor:
-    """``[B, n_items]``: for each history (``[B, L]`` items, ``weights`` >= 0) ``x_head @ B``.
+def flat_history(
+    seqs: Sequence[np.ndarray], *, window: int | None, decay: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, item, weight) of every item the co-occurrence score reads, flat (no padding).
 
-    ``x_head`` holds each distinct head item of the history once, at the largest weight it
-    has there (its most recent occurrence under `recency_weights`); items outside the head
-    score 0 and weigh nothing.
+    Each chronological sequence contributes its last `window` items (None: all of them),
+    weighted ``decay ** age`` (age 0 = its last item; decay 0: every item 1), as
+    `recency_weights` weighs a right-aligned row.
     """
-    slot = torch.full((n_items,), head.numel(), dtype=torch.long, device=hist.device)
-    slot[head] = torch.arange(head.numel(), device=hist.device)
-    x = torch.zeros(hist.shape[0], head.numel() + 1, device=hist.device)
-    x.scatter_reduce_(1, slot[hist], weights.to(torch.float32), reduce="amax")
-    x = x[:, :-1]  # padding and non-head items land in the last column
-    out = torch.zeros(hist.shape[0], n_items, device=hist.device)
-    out[:, head] = x @ b
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"`model.cooc-decay` must be in [0, 1], got {decay}")
+    lens = np.array([len(q) if window is None else min(len(q), window) for q in seqs], np.int64)
+    if not lens.sum():
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    items = np.concatenate([np.asarray(q, np.int64)[len(q) - n :] for q, n in zip(seqs, lens,
+                                                                                  strict=True)])
+    rows = np.repeat(np.arange(len(seqs), dtype=np.int64), lens)
+    age = np.repeat(np.cumsum(lens), lens) - 1 - np.arange(len(items))
+    weights = np.ones(len(items)) if decay == 0.0 else decay ** age.astype(np.float64)
+    return rows, items, weights.astype(np.float32)
+
+
+def history_scores(
+    flat: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    n_rows: int,
+    head: torch.Tensor,
+    b: torch.Tensor,
+    n_items: int,
+) -> torch.Tensor:
+    """``[n_rows, n_items]``: each row's ``x_head @ B`` from its flat (row, item, weight) triples.
+
+    ``x_head`` holds each distinct head item of the row once, at the largest weight it has
+    there (its most recent occurrence); items outside the head score 0 and weigh nothing.
+    """
+    rows, items, weights = flat
+    width = head.numel() + 1  # the last column collects items outside the head
+    slot = torch.full((n_items,), head.numel(), dtype=torch.long, device=head.device)
+    slot[head] = torch.arange(head.numel(), device=head.device)
+    x = torch.zeros(n_rows * width, device=head.device)
+    x.scatter_reduce_(0, rows.to(head.device) * width + slot[items.to(head.device)],
+                      weights.to(head.device, torch.float32), reduce="amax")  # fmt: skip
+    out = torch.zeros(n_rows, n_items, device=head.device)
+    out[:, head] = x.view(n_rows, width)[:, :-1] @ b
     return out
 
 

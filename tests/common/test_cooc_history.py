@@ -18,7 +18,7 @@ from common.model.catalogue import Catalogue
 from common.model.history import left_padded
 from common.model.towers import RecModel
 from common.model.train import LocalData, make_batch
-from common.privacy.cooc import recency_weights
+from common.privacy.cooc import flat_history, recency_weights
 
 
 @pytest.mark.parametrize(
@@ -106,3 +106,18 @@ def test_a_window_alone_is_refused_when_the_whole_history_is_configured(
         whole.cooc_rows(hist, mask, None)
     window = _released(make_model(make_cfg(**COOC, **{"model.cooc-decay": 0.0})), local)
     assert window.cooc_rows(hist, mask, None) is not None
+
+
+def test_flat_history_equals_the_padded_rows_it_replaces() -> None:
+    seqs = [np.array([4, 2, 9]), np.array([], dtype=np.int64), np.array([7])]
+    rows, items, weights = flat_history(seqs, window=2, decay=0.5)
+    np.testing.assert_array_equal(rows, [0, 0, 2])
+    np.testing.assert_array_equal(items, [2, 9, 7])
+    np.testing.assert_allclose(weights, [0.5, 1.0, 1.0])
+    hist, mask = left_padded(seqs, 2)
+    padded = recency_weights(torch.from_numpy(mask), 0.5).numpy()
+    np.testing.assert_allclose(padded[mask > 0], weights)
+    _, items, weights = flat_history(seqs, window=None, decay=0.0)
+    np.testing.assert_array_equal(items, [4, 2, 9, 7])
+    np.testing.assert_array_equal(weights, [1, 1, 1, 1])
+    assert all(len(a) == 0 for a in flat_history([], window=None, decay=1.0))

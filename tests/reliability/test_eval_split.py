@@ -11,10 +11,12 @@ import pytest
 
 from common.config.base import ConfigError
 from common.config.parse import parse_config, parse_recorded
+from common.evaluation.baseline_runs import run_baselines
 from common.evaluation.evaluate import evaluate_scores, model_score_fn
 from common.model.towers import load_trainable_state
-from common.task import client_users, setup
+from common.task import client_users, load_corpus, setup
 from server.evaluation import server_evaluator
+from server.server_app import baseline_fns
 
 from .inproc import federate, initial_state
 
@@ -34,12 +36,25 @@ def test_sites_evaluate_and_spend_on_the_configured_item(
     cfg = {**run_config, "fed.rounds": 1, "fed.eval-split": "valid"}
     results, _ = federate(cfg, ["", ""])
     assert results["status"] == "completed" and results["evaluated"] == "valid"
-    assert "dp-ease" not in results["baselines"]  # DP baselines report the test item
     ledgers = sorted((Path(cfg["fed.out-dir"]) / "ledgers").glob("*.json"))
     assert ledgers
     for ledger in ledgers:
         kinds = {e["kind"] for e in json.loads(ledger.read_text())["rounds"]}
         assert "eval-valid" in kinds and "eval-test" not in kinds, (ledger, kinds)
+
+
+def test_baselines_follow_the_item_and_dp_baselines_only_report_test(
+    run_config: dict[str, Any],
+) -> None:
+    corpus = load_corpus(parse_config(run_config).data)
+    runs = {}
+    for which in ("valid", "test"):
+        base, dp = baseline_fns(corpus, parse_config({**run_config, "fed.eval-split": which}))
+        runs[which] = base()
+        assert (dp is None) == (which == "valid")
+        assert runs[which] == run_baselines(corpus, seed=0, which=which)
+    pop = [runs[w]["most-popular"]["hr@10"] for w in ("valid", "test")]
+    assert pop[0] != pop[1]  # the two items give different figures on this data
 
 
 @pytest.mark.parametrize("which", ["valid", "test"])
@@ -49,6 +64,10 @@ def test_the_server_evaluation_ranks_the_configured_item(
     cfg = parse_config({**run_config, "fed.eval-split": which, "audit.holdout-users": 0.0})
     state = initial_state(cfg)
     got = server_evaluator(cfg, 2)(state)
+    other = "test" if which == "valid" else "valid"
+    there = server_evaluator(parse_config({**run_config, "fed.eval-split": other,
+                                           "audit.holdout-users": 0.0}), 2)(state)  # fmt: skip
+    assert (got["hr@10"], got["ndcg@10"]) != (there["hr@10"], there["ndcg@10"])
     corpus, cat, model = setup(cfg)
     load_trainable_state(model, state)
     users = np.sort(np.concatenate([client_users(cfg.data, corpus, p, 2, cfg.fed.seed)
