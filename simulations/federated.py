@@ -224,12 +224,26 @@ def _finished(
         why = ""
         if results_f.exists():  # the server wrote what it had: say how far the run got
             why = f"; results.json status: {json.loads(results_f.read_text()).get('status')!r}"
-        raise RuntimeError(f"flwr run failed (exit {rc}, run status {sub!r}{why}); see {log_path}")
+        if details := (status or {}).get("status-details"):
+            why += f"; Flower says: {details}"
+        raise RuntimeError(
+            f"flwr run failed (exit {rc}, run status {sub!r}{why}); see {log_path}; "
+            f"its last lines:\n{log_tail(log_path)}"
+        )
     res: dict[str, Any] = json.loads(results_f.read_text())
     res.setdefault("timing", {})["flwr_run_s"] = wall_s
     res["flwr_status"] = status
     results_f.write_text(json.dumps(res, indent=1))
     return load_run(results_f)
+
+
+def log_tail(log_path: Path, n: int = 40) -> str:
+    """The last `n` lines of a run's log (what failed is usually there), or why there are none."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        return f"(no log: {e})"
+    return "\n".join(f"  | {line}" for line in lines[-n:]) or "  | (the log is empty)"
 
 
 def with_data_dir(overrides: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
