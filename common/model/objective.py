@@ -139,7 +139,7 @@ def example_losses(
         raise RuntimeError("the full softmax needs the catalogue's text cache")
     table = model.user_proj(cat.frozen.to(dev)) if live_catalogue else None
     users = model.encode_users(hist, hmask, cat, table)
-    cooc = model.cooc_rows(hist, hmask, ex.prefix)
+    cooc = model.cooc_rows(ex.prefix)
     targets = cands[:, : tmask.shape[1]]
     if cfg.loss == "full":
         pos = model.score_candidates(users, targets, cat, cooc)

@@ -14,7 +14,7 @@ from torch import nn
 from common.config.model import ModelConfig
 from common.model.backbone import additive_mask, load_backbone
 from common.model.catalogue import Catalogue, mean_pool
-from common.privacy.cooc import ease_table, flat_history, history_scores, recency_weights
+from common.privacy.cooc import ease_table, flat_history, history_scores
 from common.privacy.prior import prior_scores
 
 HEAD_FILE = "head.safetensors"
@@ -214,31 +214,30 @@ class RecModel(nn.Module):
     ) -> torch.Tensor:
         """Scores ``[B, K]`` of each user's K candidate items.
 
-        `prefix` holds each row's whole history (what `cooc_of` reads); None: the window
-        `hist` is all there is (then `model.cooc-decay` must be 0 for a co-occurrence term).
+        `prefix` holds each row's whole chronological history (what `cooc_of` reads); it may
+        be None only for a model without the co-occurrence term.
 
         The LoRA layers run on the flattened ``[B*K]`` candidates; `train.regroup_grad_samples`
         folds their per-row gradients back to one per user before clipping. The head (projection,
         ID embedding, bias, prior weight) runs batch-first, so its gradients are per user.
         """
         users = self.encode_users(hist, hist_mask, cat)
-        return self.score_candidates(users, cands, cat, self.cooc_rows(hist, hist_mask, prefix))
+        return self.score_candidates(users, cands, cat, self.cooc_rows(prefix))
 
-    def cooc_rows(
-        self, hist: torch.Tensor, hist_mask: torch.Tensor, prefix: Sequence[np.ndarray] | None
-    ) -> torch.Tensor | None:
-        """`cooc_of` the rows' whole histories `prefix`, or of the window when there is none.
+    def cooc_rows(self, prefix: Sequence[np.ndarray] | None) -> torch.Tensor | None:
+        """`cooc_of` the rows' histories `prefix`; refuses None when the term is on.
 
-        Without `prefix`, a model whose `model.cooc-decay` reads the whole history refuses:
-        scoring the window instead would silently train or rank on another feature.
+        The user tower's window is not enough: the term reads what `model.cooc-decay` says
+        from the whole history, and a silent fallback would train or rank on another feature.
         """
         if prefix is not None:
             return self.cooc_of(prefix)
-        if self.cfg.cooc_decay != 0 and self.has_cooc():
+        if self.has_cooc():
             raise ValueError(
-                "model.cooc-decay > 0 reads each user's whole history; pass it (prefix)"
+                "the co-occurrence term (model.cooc-items) reads each row's chronological "
+                "history; pass it (prefix)"
             )
-        return self.cooc_feature(hist, hist_mask)
+        return None
 
     def score_candidates(
         self, users: torch.Tensor, cands: torch.Tensor, cat: Catalogue,
@@ -246,7 +245,7 @@ class RecModel(nn.Module):
     ) -> torch.Tensor:  # fmt: skip
         """``[B, D]`` user vectors and ``[B, K]`` candidates -> ``[B, K]`` live scores.
 
-        `cooc` is the users' ``[B, n_items]`` `cooc_feature` (None: no co-occurrence term).
+        `cooc` is the users' ``[B, n_items]`` `cooc_of` (None: no co-occurrence term).
         """
         b, k = cands.shape
         text = self.text_items(cands.reshape(-1), cat).view(b, k, -1)
@@ -276,7 +275,7 @@ class RecModel(nn.Module):
     def public_scores(self, cooc: torch.Tensor | None = None) -> torch.Tensor:
         """The scores' terms from released statistics and per-item parameters.
 
-        ``[n_items]`` (weighted prior plus item bias) or, with the users' `cooc_feature`,
+        ``[n_items]`` (weighted prior plus item bias) or, with the users' `cooc_of`,
         ``[B, n_items]`` with the weighted co-occurrence term added.
         """
         every = torch.arange(self.prior.numel(), device=self.device)
@@ -304,18 +303,6 @@ class RecModel(nn.Module):
     def has_cooc(self) -> bool:
         """Whether the co-occurrence term is on and both of its releases have arrived."""
         return self.cooc is not None and bool(self.cooc.any()) and bool(self.prior.any())
-
-    def cooc_feature(self, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor | None:
-        """`cooc_of` for right-aligned ``[B, L]`` histories (mask 1 = real), as given.
-
-        Each item weighs ``model.cooc-decay ** age`` (`common.privacy.cooc.recency_weights`);
-        pass the rows `cooc_of` would read (the window, or whole histories).
-        """
-        if not self.has_cooc():
-            return None
-        rows, cols = torch.nonzero(hist_mask > 0, as_tuple=True)
-        weights = recency_weights(hist_mask, self.cfg.cooc_decay)[rows, cols]
-        return self._cooc_scores((rows, hist[rows, cols], weights), hist.shape[0])
 
     def _cooc_scores(
         self, flat: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n_rows: int

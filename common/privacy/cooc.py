@@ -106,29 +106,14 @@ def ease_table(
     return head_items(prior, b.shape[0]), (b / max(rms, 1e-12)).astype(np.float32)
 
 
-def recency_weights(mask: torch.Tensor, decay: float) -> torch.Tensor:
-    """``[B, L]`` weights of right-aligned (left-padded) histories: ``decay ** age`` per real item.
-
-    Age 0 is the most recent item (the last column); padding weighs 0. ``decay = 0`` weighs
-    every real item 1 (the equal weights of a window, `model.cooc-decay` = 0).
-    """
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"`model.cooc-decay` must be in [0, 1], got {decay}")
-    m = mask.to(torch.float32)
-    if decay == 0.0:
-        return m
-    age = torch.arange(m.shape[1] - 1, -1, -1, device=m.device, dtype=torch.float32)
-    return m * decay**age
-
-
 def flat_history(
     seqs: Sequence[np.ndarray], *, window: int | None, decay: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, item, weight) of every item the co-occurrence score reads, flat (no padding).
 
     Each chronological sequence contributes its last `window` items (None: all of them),
-    weighted ``decay ** age`` (age 0 = its last item; decay 0: every item 1), as
-    `recency_weights` weighs a right-aligned row.
+    weighted ``decay ** age`` (age 0 = its last item; decay 0: every item 1, the equal weights
+    of the window form, `model.cooc-decay` = 0).
     """
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"`model.cooc-decay` must be in [0, 1], got {decay}")

@@ -43,13 +43,15 @@ def _released(model: RecModel, local: LocalData) -> RecModel:
     return model
 
 
-def _slow_feature(model: RecModel, hist: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _slow_feature(model: RecModel, seqs: list[np.ndarray]) -> np.ndarray:
     """EASE by the textbook formulas in float64, one user and one item at a time.
 
-    A history item weighs ``decay ** age`` (age 0 = the last column) at its most recent
-    position, or 1 with decay 0.
+    With decay 0 a user's last ``data.history-len`` items weigh 1 each; otherwise every item
+    weighs ``decay ** age`` (age 0 = the last item). A repeated item counts once, at its most
+    recent occurrence's weight.
     """
     decay = model.cfg.cooc_decay
+    window = model.recency.num_embeddings
     assert model.cooc is not None
     g = model.cooc.numpy().astype(np.float64)
     w, q = np.linalg.eigh(g)
@@ -57,20 +59,30 @@ def _slow_feature(model: RecModel, hist: np.ndarray, mask: np.ndarray) -> np.nda
     p = np.linalg.inv(g)
     b = -p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0.0)
-    b /= np.sqrt(np.mean(b**2)) * math.sqrt(model.recency.num_embeddings)
+    b /= np.sqrt(np.mean(b**2)) * math.sqrt(window)
     order = sorted(range(model.prior.numel()), key=lambda i: (-float(model.prior[i]), i))
     head = order[: len(g)]
-    out = np.zeros((len(hist), model.prior.numel()))
-    for u in range(len(hist)):
+    out = np.zeros((len(seqs), model.prior.numel()))
+    for u, seq in enumerate(seqs):
         weight: dict[int, float] = {}
-        width = len(hist[u])
-        for pos, (i, m) in enumerate(zip(hist[u], mask[u], strict=True)):
-            if m > 0:
-                w = 1.0 if decay == 0 else decay ** (width - 1 - pos)
-                weight[int(i)] = max(weight.get(int(i), 0.0), w)
+        for pos, i in enumerate(seq):
+            age = len(seq) - 1 - pos
+            if decay == 0 and age >= window:
+                continue
+            w = 1.0 if decay == 0 else decay**age
+            weight[int(i)] = max(weight.get(int(i), 0.0), w)
         for col, item in enumerate(head):
             out[u, item] = sum(w * b[head.index(j), col] for j, w in weight.items() if j in head)
     return out
+
+
+def _random_histories(n_items: int, seed: int) -> list[np.ndarray]:
+    """Chronological histories of 0-20 items: one empty, one with a repeated item."""
+    rng = np.random.default_rng(seed)
+    seqs = [rng.integers(0, n_items, size=int(rng.integers(1, 21))) for _ in range(6)]
+    seqs[1] = np.zeros(0, dtype=np.int64)  # an empty history scores zero
+    seqs[0] = np.concatenate([seqs[0][:1].repeat(3), seqs[0]])  # a repeated item counts once
+    return seqs
 
 
 @pytest.mark.parametrize("decay", [0.0, 0.5, 1.0])
@@ -81,14 +93,11 @@ def test_feature_equals_a_slow_reference(
     local: LocalData,
 ) -> None:
     model = _released(make_model(make_cfg(**COOC, **{"model.cooc-decay": decay})), local)
-    rng = np.random.default_rng(0)
-    hist = rng.integers(0, model.prior.numel(), size=(5, 8))
-    hist[0, :3] = hist[0, 3]  # a repeated item counts once
-    mask = (rng.random((5, 8)) > 0.3).astype(np.float32)
-    mask[1] = 0  # an empty history scores zero
-    got = model.cooc_feature(torch.from_numpy(hist), torch.from_numpy(mask))
+    seqs = _random_histories(model.prior.numel(), 0)
+    assert max(len(q) for q in seqs) > model.recency.num_embeddings  # the window form cuts
+    got = model.cooc_of(seqs)
     assert got is not None
-    np.testing.assert_allclose(got.numpy(), _slow_feature(model, hist, mask), atol=1e-5)
+    np.testing.assert_allclose(got.numpy(), _slow_feature(model, seqs), atol=1e-5)
     assert not got[1].any()
 
 
@@ -96,28 +105,25 @@ def test_a_newly_loaded_matrix_or_prior_is_scored_not_the_cached_one(
     make_cfg: Callable[..., RunConfig], make_model: Callable[..., RecModel], local: LocalData
 ) -> None:
     model = _released(make_model(make_cfg(**COOC)), local)
-    rng = np.random.default_rng(1)
-    hist = torch.from_numpy(rng.integers(0, model.prior.numel(), size=(4, 8)))
-    mask = torch.ones(4, 8)
-    assert model.cooc_feature(hist, mask) is not None  # the table is cached now
+    seqs = _random_histories(model.prior.numel(), 1)
+    assert model.cooc_of(seqs) is not None  # the table is cached now
     assert model.cooc is not None
     state = trainable_state(model)
     state[COOC_KEY] = state[COOC_KEY] * 0.5 + np.eye(len(state[COOC_KEY]), dtype=np.float32)
     state[PRIOR_KEY] = state[PRIOR_KEY][::-1].copy()  # another head
     load_trainable_state(model, state)  # what a site does with each round's global state
-    got = model.cooc_feature(hist, mask)
+    got = model.cooc_of(seqs)
     assert got is not None
-    np.testing.assert_allclose(got.numpy(), _slow_feature(model, hist.numpy(), mask.numpy()),
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(got.numpy(), _slow_feature(model, seqs), atol=1e-5)
 
 
 def test_the_feature_is_off_before_the_release_and_without_the_key(
     make_cfg: Callable[..., RunConfig], make_model: Callable[..., RecModel]
 ) -> None:
-    hist, mask = torch.zeros(2, 8, dtype=torch.long), torch.ones(2, 8)
-    assert make_model(make_cfg(**COOC)).cooc_feature(hist, mask) is None  # matrix still zero
+    seqs = [np.array([0, 1, 2]), np.array([3])]
+    assert make_model(make_cfg(**COOC)).cooc_of(seqs) is None  # matrix still zero
     plain = make_model()
-    assert plain.cooc is None and plain.cooc_feature(hist, mask) is None
+    assert plain.cooc is None and plain.cooc_of(seqs) is None and plain.cooc_rows(None) is None
     assert COOC_KEY not in trainable_state(plain)
 
 
@@ -136,14 +142,8 @@ def test_the_release_moves_the_ranking_by_its_learned_weight(
     with torch.no_grad():
         model.cooc_weight.weight.zero_()
     without = model_score_fn(model, catalogue, history_len=8)(rows, known)
-    width = 8 if decay == 0 else max(len(k) for k in known)
-    assert decay == 0 or width > 8  # the whole history is longer than the window here
-    hist = np.zeros((6, width), dtype=np.int64)
-    mask = np.zeros((6, width), dtype=np.float32)
-    for j, k in enumerate(known):
-        h = k[-width:]
-        hist[j, width - len(h) :], mask[j, width - len(h) :] = h, 1
-    want = weight * _slow_feature(model, hist, mask)
+    assert model.recency.num_embeddings == 8 < max(len(k) for k in known)  # the window cuts
+    want = weight * _slow_feature(model, known)
     np.testing.assert_allclose(with_cooc - without, want, atol=1e-4)
 
 

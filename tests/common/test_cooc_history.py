@@ -18,7 +18,7 @@ from common.model.catalogue import Catalogue
 from common.model.history import left_padded
 from common.model.towers import RecModel
 from common.model.train import LocalData, make_batch
-from common.privacy.cooc import flat_history, recency_weights
+from common.privacy.cooc import flat_history
 
 
 @pytest.mark.parametrize(
@@ -44,15 +44,6 @@ def test_left_padded_edges() -> None:
     assert left_padded([])[0].shape == (0, 1)
     with pytest.raises(ValueError, match="history length"):
         left_padded([np.array([1])], 0)
-
-
-def test_recency_weights_by_age_and_the_window_rule() -> None:
-    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0]])
-    torch.testing.assert_close(recency_weights(mask, 0.5), torch.tensor([[0.0, 0.25, 0.5, 1.0]]))
-    torch.testing.assert_close(recency_weights(mask, 0.0), mask)
-    torch.testing.assert_close(recency_weights(mask, 1.0), mask)
-    with pytest.raises(ValueError, match="model.cooc-decay"):
-        recency_weights(mask, 1.5)
 
 
 def test_the_key_is_checked_and_old_records_keep_the_window(
@@ -86,38 +77,44 @@ def test_training_examples_carry_the_whole_history_and_the_feature_reads_it(
             n = int(mask[j].sum())
             np.testing.assert_array_equal(hist[j, 3 - n :].numpy(), p[-3:])
         assert max(len(p) for p in prefix) > 3  # some prefixes are longer than the window
-        width = 3 if decay == 0 else max(len(p) for p in prefix)
-        h, m = left_padded(prefix, width)
-        got = model.cooc_rows(hist, mask, prefix)
+        got = model.cooc_rows(prefix)
         assert got is not None
-        np.testing.assert_allclose(got.numpy(), _slow_feature(model, h, m), atol=1e-5)
+        np.testing.assert_allclose(got.numpy(), _slow_feature(model, list(prefix)), atol=1e-5)
     cands = ex.cands[:, :1]
     want = model.score_candidates(model.encode_users(ex.hist, ex.hist_mask, catalogue), cands,
                                   catalogue, model.cooc_of(ex.prefix))  # fmt: skip
     torch.testing.assert_close(model(ex.hist, ex.hist_mask, cands, catalogue, ex.prefix), want)
 
 
-def test_a_window_alone_is_refused_when_the_whole_history_is_configured(
-    make_cfg: Callable[..., RunConfig], make_model: Callable[..., RecModel], local: LocalData
+@pytest.mark.parametrize("decay", [0.0, 1.0])
+def test_rows_without_their_histories_are_refused_when_the_term_is_on(
+    decay: float,
+    make_cfg: Callable[..., RunConfig],
+    make_model: Callable[..., RecModel],
+    catalogue: Catalogue,
+    local: LocalData,
 ) -> None:
+    """No silent fallback to the user tower's window, whatever `model.cooc-decay` reads."""
+    model = _released(make_model(make_cfg(**COOC, **{"model.cooc-decay": decay})), local)
     hist, mask = torch.zeros(2, 8, dtype=torch.long), torch.ones(2, 8)
-    whole = _released(make_model(make_cfg(**COOC, **{"model.cooc-decay": 1.0})), local)
-    with pytest.raises(ValueError, match="whole history"):
-        whole.cooc_rows(hist, mask, None)
-    window = _released(make_model(make_cfg(**COOC, **{"model.cooc-decay": 0.0})), local)
-    assert window.cooc_rows(hist, mask, None) is not None
+    with pytest.raises(ValueError, match="chronological history"):
+        model.cooc_rows(None)
+    with pytest.raises(ValueError, match="chronological history"):
+        model(hist, mask, hist[:, :1], catalogue)
 
 
-def test_flat_history_equals_the_padded_rows_it_replaces() -> None:
+def test_flat_history_reads_the_window_or_the_whole_history() -> None:
     seqs = [np.array([4, 2, 9]), np.array([], dtype=np.int64), np.array([7])]
     rows, items, weights = flat_history(seqs, window=2, decay=0.5)
     np.testing.assert_array_equal(rows, [0, 0, 2])
     np.testing.assert_array_equal(items, [2, 9, 7])
     np.testing.assert_allclose(weights, [0.5, 1.0, 1.0])
-    hist, mask = left_padded(seqs, 2)
-    padded = recency_weights(torch.from_numpy(mask), 0.5).numpy()
-    np.testing.assert_allclose(padded[mask > 0], weights)
+    rows, items, weights = flat_history(seqs, window=None, decay=0.5)
+    np.testing.assert_array_equal(rows, [0, 0, 0, 2])
+    np.testing.assert_allclose(weights, [0.25, 0.5, 1.0, 1.0])
     _, items, weights = flat_history(seqs, window=None, decay=0.0)
     np.testing.assert_array_equal(items, [4, 2, 9, 7])
     np.testing.assert_array_equal(weights, [1, 1, 1, 1])
     assert all(len(a) == 0 for a in flat_history([], window=None, decay=1.0))
+    with pytest.raises(ValueError, match="model.cooc-decay"):
+        flat_history(seqs, window=None, decay=1.5)
